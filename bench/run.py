@@ -1,0 +1,449 @@
+"""Reproduce the old server's latency table, served vs the raw in-process model, on one machine in one run.
+
+    python -m bench.run                       # tiny model, 1/3/15 min, concurrency 1/4/16 (CPU or GPU)
+    python -m bench.run --model full-random   # the full Parakeet-TDT-0.6B-v2 architecture, random weights
+    python -m bench.run --model digits --minutes 1 3 --concurrency 1 4
+    python -m bench.run --audio talk.mp3      # your own file(s) instead of synthetic speech
+    python -m bench.run --quick               # smoke run: ~20 s of audio, concurrency 1 (< 2 min on 2 cores)
+
+Writes bench/results/<name>.json, .md (the old server's layout, our numbers beside its numbers) and .png.
+Every ratio compares numbers measured in this run on this machine; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.audio import load_user_audio, synthetic_speech
+from tests.helpers import SAMPLE_RATE, encode
+
+RESULTS = Path(__file__).parent / "results"
+CONFIGS = {
+    "vad_ts": {"label": "VAD + timestamps", "vad": True, "timestamps": True},
+    "vad": {"label": "VAD, no timestamps", "vad": True, "timestamps": False},
+    "whole": {"label": "whole file, no timestamps", "vad": False, "timestamps": False},
+    "whole_ts": {"label": "whole file + timestamps", "vad": False, "timestamps": True},
+    "stream": {"label": "streaming, 1024-byte frames", "vad": True, "timestamps": False},
+}
+# The replaced server's published averages (ms) for 1 / 3 / 15 minutes of audio.
+OLD_SERVER_MS = {"vad_ts": [6439, 10200, 41633], "vad": [1410, 3624, 17835], "whole": [121, 308, 2774],
+                 "stream": [3243, 8855, 34824]}
+OLD_MINUTES = [1, 3, 15]
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def model_path(name: str, work: Path) -> str:
+    from deployments.speech.model_factory import build_random_nemo
+
+    if name == "tiny":
+        return str(build_random_nemo("tiny", work / "tiny.nemo"))
+    if name == "full-random":
+        return str(build_random_nemo("full", work / "full-random.nemo"))
+    if name == "digits":
+        return str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "digits.nemo")
+    return name  # a .nemo path or an HF id
+
+
+# ---------------------------------------------------------------------------------------------- raw reference
+
+class RawPipeline:
+    """The same work with no Ray and no HTTP: VAD, the model in batches, alignment, all in this process."""
+
+    def __init__(self, path: str, device: str, max_batch_size: int):
+        from deployments.speech.parakeet import ParakeetRecognizer
+        from deployments.speech.settings import VadSettings
+        from deployments.speech.vad import SpeechDetector
+
+        self.recognizer = ParakeetRecognizer.load(path, device=device)
+        self.detector = SpeechDetector(VadSettings())
+        self.max_batch_size = max_batch_size
+        self.recognizer.transcribe([np.zeros(SAMPLE_RATE, np.float32)] * max_batch_size)  # warm-up
+
+    def run(self, audio: np.ndarray, vad: bool, timestamps: bool) -> dict:
+        from deployments.speech.schemas import SpeechSegment
+        from deployments.speech.timestamps import align
+
+        started = time.perf_counter()
+        segments = self.detector.segments(audio) if vad else [SpeechSegment(start=0, end=len(audio))]
+        vad_done = time.perf_counter()
+        tokens = []
+        for first in range(0, len(segments), self.max_batch_size):
+            batch = segments[first:first + self.max_batch_size]
+            tokens += self.recognizer.transcribe([audio[s.start:s.end] for s in batch])
+        asr_done = time.perf_counter()
+        if timestamps:
+            align([(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)],
+                  len(audio) / SAMPLE_RATE)
+        finished = time.perf_counter()
+        return {"total_ms": (finished - started) * 1000, "vad_ms": (vad_done - started) * 1000,
+                "asr_ms": (asr_done - vad_done) * 1000, "align_ms": (finished - asr_done) * 1000,
+                "segments": len(segments)}
+
+
+def vad_versus_silero(audio: np.ndarray) -> dict:
+    """Our VAD path against silero's reference ``get_speech_timestamps`` loop on the same audio."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    from deployments.speech.settings import VadSettings
+    from deployments.speech.vad import SpeechDetector
+
+    settings = VadSettings(merge_up_to_s=0)
+    detector = SpeechDetector(settings)
+    started = time.perf_counter()
+    ours = detector.segments(audio)
+    ours_s = time.perf_counter() - started
+    model = load_silero_vad()
+    started = time.perf_counter()
+    reference = get_speech_timestamps(torch.from_numpy(audio), model, min_silence_duration_ms=30,
+                                      speech_pad_ms=120, max_speech_duration_s=settings.max_segment_s)
+    reference_s = time.perf_counter() - started
+    same = [(s.start, s.end) for s in ours] == [(r["start"], r["end"]) for r in reference]
+    return {"audio_s": len(audio) / SAMPLE_RATE, "ours_s": round(ours_s, 3), "silero_loop_s": round(reference_s, 3),
+            "speedup": round(reference_s / max(ours_s, 1e-9), 2), "segments_match": same,
+            "segments": len(ours)}
+
+
+# ---------------------------------------------------------------------------------------------- served
+
+class ResourceSampler(threading.Thread):
+    """Peak RSS of each Serve replica process (and GPU utilisation through NVML), sampled every 0.25 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_rss_mb: dict[str, float] = {}
+        self.gpu_util: list[float] = []
+        self._stop = threading.Event()
+        self._marks: list[int] = []
+
+    def run(self) -> None:
+        import psutil
+
+        nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no GPU
+            nvml = None
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                try:
+                    title = " ".join(proc.info["cmdline"] or [])
+                    if "ServeReplica" in title and proc.info["memory_info"]:
+                        name = title.split("ServeReplica:")[1].split()[0].split(":")[-1]
+                        rss = proc.info["memory_info"].rss / 2**20
+                        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
+                except (psutil.Error, IndexError):
+                    continue
+            if nvml is not None:
+                import pynvml
+
+                self.gpu_util.append(pynvml.nvmlDeviceGetUtilizationRates(nvml).gpu)
+            time.sleep(0.25)
+
+    def mark(self) -> int:
+        return len(self.gpu_util)
+
+    def util_since(self, mark: int) -> float | None:
+        window = self.gpu_util[mark:]
+        return round(statistics.mean(window), 1) if window else None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    def __init__(self, path: str, max_batch_size: int, batch_ms: float):
+        import ray
+        from ray import serve
+
+        from deployments.app import build_app
+
+        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+        self.port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        serve.run(build_app({"model": path, "max_batch_size": max_batch_size, "batch_ms": batch_ms}),
+                  name="parakeet", route_prefix="/")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.transcriber = serve.get_deployment_handle("Transcriber", app_name="parakeet")
+
+    def stats(self) -> dict:
+        return self.transcriber.stats.remote().result()
+
+    async def one(self, client, wav: bytes, config: dict) -> float:
+        started = time.perf_counter()
+        data = {"vad": str(config["vad"]).lower()}
+        if config["timestamps"]:
+            data.update({"response_format": "verbose_json", "timestamp_granularities[]": "word"})
+        response = await client.post(self.url + "/v1/audio/transcriptions", data=data,
+                                     files={"file": ("a.wav", wav, "audio/wav")})
+        response.raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
+    async def one_stream(self, pcm: bytes) -> float:
+        import websockets
+
+        started = time.perf_counter()
+        async with websockets.connect(self.url.replace("http", "ws") + "/v1/audio/stream", max_size=None) as ws:
+            await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "partials": False}))
+
+            async def send():
+                for offset in range(0, len(pcm), 1024):
+                    await ws.send(pcm[offset:offset + 1024])
+                await ws.send(json.dumps({"type": "end"}))
+
+            sender = asyncio.create_task(send())
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "error":
+                    raise RuntimeError(event["message"])
+                if event["type"] == "done":
+                    break
+            await sender
+        return (time.perf_counter() - started) * 1000
+
+    def measure(self, audio: np.ndarray, config_key: str, concurrency: int, rounds: int) -> tuple[list[float], float]:
+        import httpx
+
+        config = CONFIGS[config_key]
+        wav = encode(audio)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+        async def go():
+            latencies = []
+            async with httpx.AsyncClient(timeout=3600) as client:
+                started = time.perf_counter()
+                for _ in range(rounds):
+                    calls = [self.one_stream(pcm) if config_key == "stream" else self.one(client, wav, config)
+                             for _ in range(concurrency)]
+                    latencies += await asyncio.gather(*calls)
+                return latencies, time.perf_counter() - started
+
+        return asyncio.run(go())
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def summarise(latencies: list[float]) -> dict:
+    ordered = sorted(latencies)
+    return {"min_ms": round(ordered[0], 1), "max_ms": round(ordered[-1], 1),
+            "avg_ms": round(statistics.mean(ordered), 1), "p50_ms": round(ordered[len(ordered) // 2], 1),
+            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)}
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    minutes = sorted({r["minutes"] for r in rows})
+    lines = [f"# Parakeet serving benchmark: {report['name']}", "",
+             f"Machine: {report['machine']}. Model: {report['model']} on {report['device']}. "
+             f"Concurrency 1 latency, ms, min-max (avg); old server's avg in brackets.", "",
+             "| configuration | " + " | ".join(f"{m:g} min" for m in minutes) + " |",
+             "|---|" + "---|" * len(minutes)]
+    for key, config in CONFIGS.items():
+        cells = []
+        for m in minutes:
+            row = next((r for r in rows if r["config"] == key and r["minutes"] == m and r["concurrency"] == 1), None)
+            if row is None:
+                cells.append("-")
+                continue
+            old = OLD_SERVER_MS.get(key)
+            old_text = f" [{old[OLD_MINUTES.index(m)]}]" if old and m in OLD_MINUTES else ""
+            cells.append(f"{row['min_ms']:.0f}-{row['max_ms']:.0f} ({row['avg_ms']:.0f}){old_text}")
+        lines.append(f"| {config['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "All runs:", "",
+              "| config | min | conc. | p50 ms | p95 ms | avg ms | audio s/s | served/raw | batch | "
+              "VAD ms | ASR ms | align ms | GPU util % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['minutes']:g} | {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | "
+                     f"{r['avg_ms']} | {r['throughput_x']} | {r['served_over_raw']} | {r['mean_batch']} | "
+                     f"{r['raw_vad_ms']} | {r['raw_asr_ms']} | {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
+    extra = report.get("checks", {})
+    lines += ["", "Ratios measured in this run:", ""]
+    for name, value in extra.items():
+        lines.append(f"- {name}: {value}")
+    lines += ["", f"Peak RSS per replica (MB): {report.get('peak_rss_mb')}",
+              f"Transcriber CUDA max allocated (MB): {report.get('cuda_max_allocated_mb')}", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, config in CONFIGS.items():
+        points = sorted((r["minutes"], r["avg_ms"]) for r in report["rows"]
+                        if r["config"] == key and r["concurrency"] == 1)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=config["label"])
+        if key in OLD_SERVER_MS:
+            ax.plot(OLD_MINUTES, OLD_SERVER_MS[key], linestyle=":", color=ax.lines[-1].get_color() if points else None,
+                    alpha=0.6)
+    ax.set_xlabel("audio length (minutes)")
+    ax.set_ylabel("latency at concurrency 1 (ms, avg)")
+    ax.set_yscale("log")
+    ax.set_title(f"{report['name']} (dotted: old server)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny | digits | full-random | <.nemo path or HF id>")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 3, 15])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=2, help="repeats of each (config, length, concurrency)")
+    parser.add_argument("--audio", nargs="*", default=[], help="your own audio files instead of synthetic speech")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-batch-size", type=int, default=4)
+    parser.add_argument("--batch-ms", type=float, default=15)
+    parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
+    parser.add_argument("--no-serve", action="store_true", help="raw in-process numbers only")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 s of audio, concurrency 1, 1 round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.concurrency, args.rounds = [1 / 3], [1], 1
+
+    from tqdm import tqdm
+
+    from deployments.speech.parakeet import resolve_device
+
+    device = resolve_device(args.device)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    path = model_path(args.model, work)
+    clips = ([(Path(a).name, load_user_audio(Path(a))) for a in args.audio] if args.audio else
+             [(f"{m:g}min", synthetic_speech(m * 60, seed=int(m * 60))) for m in args.minutes])
+
+    raw = RawPipeline(path, device, args.max_batch_size)
+    raw_ms: dict[tuple, dict] = {}
+    for name, audio in clips:
+        for key in args.configs:
+            config = CONFIGS[key]
+            runs = [raw.run(audio, config["vad"], config["timestamps"]) for _ in range(max(1, args.rounds))]
+            raw_ms[(name, key)] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+    vad_check = vad_versus_silero(clips[0][1])
+    del raw
+
+    report = {"name": args.name or f"{Path(args.model).stem}-{device}", "model": args.model, "device": device,
+              "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                         f"{os.cpu_count()} CPUs" + (f", {_gpu_name()}" if device == "cuda" else ""),
+              "python": sys.version.split()[0], "rows": [], "vad_vs_silero": vad_check}
+    if not args.no_serve:
+        sampler = ResourceSampler()
+        sampler.start()
+        served = Served(path, args.max_batch_size, args.batch_ms)
+        plan = [(n, a, k, c) for n, a in clips for k in args.configs for c in args.concurrency]
+        try:
+            for name, audio, key, concurrency in tqdm(plan, desc="served", unit="run"):
+                before, mark = served.stats(), sampler.mark()
+                latencies, wall = served.measure(audio, key, concurrency, args.rounds)
+                after = served.stats()
+                batches = after["batches"] - before["batches"]
+                row = {"config": key, "audio": name, "minutes": round(len(audio) / SAMPLE_RATE / 60, 3),
+                       "concurrency": concurrency, **summarise(latencies),
+                       "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / wall, 1),
+                       "mean_batch": round((after["items"] - before["items"]) / batches, 2) if batches else None,
+                       "gpu_util": sampler.util_since(mark)}
+                reference = raw_ms[(name, key)]
+                row.update({"raw_ms": round(reference["total_ms"], 1),
+                            "raw_vad_ms": round(reference["vad_ms"], 1), "raw_asr_ms": round(reference["asr_ms"], 1),
+                            "raw_align_ms": round(reference["align_ms"], 1),
+                            "served_over_raw": round(row["p50_ms"] / max(reference["total_ms"], 1e-6), 2)})
+                report["rows"].append(row)
+            report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
+        finally:
+            served.shutdown()
+            sampler.stop()
+        report["peak_rss_mb"] = {k: round(v) for k, v in sampler.peak_rss_mb.items()}
+        report["checks"] = checks(report)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / report["name"]
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    if report["rows"]:
+        stem.with_suffix(".md").write_text(markdown(report))
+        plot(report, stem.with_suffix(".png"))
+    print(markdown(report) if report["rows"] else json.dumps(report, indent=2))
+    return report
+
+
+def checks(report: dict) -> dict:
+    """The targets' ratios, each from numbers of this run."""
+    rows = report["rows"]
+    out: dict = {}
+
+    def p50(key, minutes=None, concurrency=1):
+        found = [r for r in rows if r["config"] == key and r["concurrency"] == concurrency
+                 and (minutes is None or abs(r["minutes"] - minutes) < 1e-6)]
+        return found[0]["p50_ms"] if found else None
+
+    lengths = sorted({r["minutes"] for r in rows})
+    for m in lengths:
+        with_ts, without = p50("vad_ts", m), p50("vad", m)
+        if with_ts and without:
+            out[f"timestamps on/off, VAD, {m:g} min (target <= 1.05)"] = round(with_ts / without, 3)
+        stream, offline = p50("stream", m), p50("vad", m)
+        if stream and offline:
+            out[f"streaming / offline VAD, {m:g} min (target <= 1.3)"] = round(stream / offline, 3)
+        served_raw = [r["served_over_raw"] for r in rows if r["minutes"] == m and r["concurrency"] == 1
+                      and r["config"] != "stream"]
+        if served_raw:
+            out[f"served / raw at concurrency 1, {m:g} min (target <= 1.15)"] = served_raw
+    vad = report["vad_vs_silero"]
+    out["VAD speed-up over silero's loop (target >= 2)"] = f"{vad['speedup']}x, segments match: {vad['segments_match']}"
+    best = max((r["throughput_x"] for r in rows), default=None)
+    out["best throughput (audio seconds per second)"] = best
+    return out
+
+
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001
+        return "GPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Aligner deployment: token timings -> word and segment timestamps. Called only when timestamps are requested."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.metrics import Counter
+
+from deployments.speech.schemas import Segment, SegmentTokens, Word
+from deployments.speech.timestamps import align
+
+
+@serve.deployment(max_ongoing_requests=32, health_check_period_s=10)
+class Aligner:
+    def __init__(self):
+        self.calls = 0
+        self._calls_metric = Counter("parakeet_aligner_calls", "Requests aligned (timestamps asked for)")
+
+    def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
+              ) -> tuple[list[Word], list[Segment]]:
+        self.calls += 1
+        self._calls_metric.inc()
+        return align(pieces, duration)
+
+    def stats(self) -> dict:
+        return {"calls": self.calls}
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,35 @@
+"""Segmenter deployment: Silero VAD on CPU, returning speech segments in samples."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from ray import serve
+from ray.serve.metrics import Counter
+
+from deployments.speech.errors import InvalidRequest
+from deployments.speech.schemas import SpeechSegment
+from deployments.speech.settings import VadSettings
+
+
+@serve.deployment(max_ongoing_requests=16, health_check_period_s=10)
+class Segmenter:
+    def __init__(self, settings: VadSettings):
+        from deployments.speech.vad import SpeechDetector
+
+        self.detector = SpeechDetector(settings)
+        # ONNX Runtime releases the GIL, so each thread is one more file in VAD at once.
+        self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad")
+        self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD")
+
+    async def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
+        if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+            raise InvalidRequest("The Segmenter takes mono 16 kHz samples.", code="invalid_audio_array")
+        self._audio_seconds.inc(len(audio) / 16000)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.detector.segments, audio)
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,129 @@
+"""Decode and validate audio once: anything FFmpeg (PyAV) reads becomes float32 16 kHz mono."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from .parakeet_defaults import SAMPLE_RATE
+from .settings import LimitSettings
+
+# A container that promises more audio than decodes (by more than this) was cut short.
+TRUNCATION_TOLERANCE_S = 0.1
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Any audio (or video with audio) file -> float32 16 kHz mono. Raises 400/415 errors a user can act on."""
+    import av
+
+    if not data:
+        raise InvalidRequest("The uploaded audio file is empty.", code="empty_audio")
+    _check_wav_length(data)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise UnsupportedMedia(f"Could not read the upload as audio ({_short(exc)}). Send a WAV, FLAC, MP3, OGG, "
+                               "M4A, WebM or any other format FFmpeg decodes.", code="undecodable_audio") from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise UnsupportedMedia("The upload has no audio stream.", code="no_audio_stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise UnsupportedMedia(f"The audio could not be decoded ({_short(exc)}); the file may be damaged.",
+                                   code="undecodable_audio") from None
+        declared_s = _declared_duration_s(container, stream)
+    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    decoded_s = len(audio) / SAMPLE_RATE
+    if declared_s is not None and decoded_s + TRUNCATION_TOLERANCE_S < declared_s * 0.98:
+        raise UnsupportedMedia(f"The audio file is truncated: its header promises {declared_s:.2f} s but only "
+                               f"{decoded_s:.2f} s could be decoded. Upload the complete file.",
+                               code="truncated_audio")
+    return audio
+
+
+def _check_wav_length(data: bytes) -> None:
+    """FFmpeg clamps a WAV's length to the bytes present, so compare the RIFF header's promise ourselves."""
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+        return
+    order = "little" if data[:4] == b"RIFF" else "big"
+    position = 12
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], order)
+        if chunk == b"data":
+            available = len(data) - position - 8
+            if size not in (0, 0xFFFFFFFF) and size > available:  # 0 / max: a streamed WAV of unknown length
+                raise UnsupportedMedia(f"The audio file is truncated: its header promises {size} bytes of audio "
+                                       f"but only {available} arrived. Upload the complete file.",
+                                       code="truncated_audio")
+            return
+        position += 8 + size + (size & 1)
+
+
+def _declared_duration_s(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def from_array(samples, sample_rate: int | None) -> np.ndarray:
+    """A caller's waveform (1-D mono, or [n, channels]) at ``sample_rate`` -> float32 16 kHz mono."""
+    import soxr
+
+    array = np.asarray(samples)
+    if array.dtype.kind not in "fiu":
+        raise InvalidRequest(f"Audio samples must be numbers, not {array.dtype}.", code="invalid_audio_array")
+    if sample_rate is None:
+        raise InvalidRequest("sample_rate is required with a raw sample array.", code="missing_sample_rate")
+    if not 1000 <= int(sample_rate) <= 384000:
+        raise InvalidRequest(f"sample_rate {sample_rate} is out of range (1000..384000).", code="invalid_sample_rate")
+    if array.dtype.kind in "iu":
+        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    array = array.astype(np.float32, copy=False)
+    if array.ndim == 2:
+        array = array.mean(axis=1 if array.shape[1] <= 8 else 0)
+    if array.ndim != 1:
+        raise InvalidRequest(f"Expected mono samples, got an array of shape {array.shape}.",
+                             code="invalid_audio_array")
+    if not np.isfinite(array).all():
+        raise InvalidRequest("The audio contains NaN or infinite samples.", code="invalid_audio_array")
+    if int(sample_rate) != SAMPLE_RATE and array.size:
+        array = soxr.resample(array, int(sample_rate), SAMPLE_RATE).astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes -> float32 in [-1, 1)."""
+    if len(data) % 2:
+        raise InvalidRequest("PCM16 data must have an even number of bytes.", code="invalid_frame")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def validate(audio: np.ndarray, limits: LimitSettings) -> float:
+    """Check the decoded audio's length against the limits; returns its duration in seconds."""
+    duration = len(audio) / SAMPLE_RATE
+    if len(audio) == 0:
+        raise InvalidRequest("The audio decodes to no samples.", code="empty_audio")
+    if duration * 1000 < limits.min_audio_ms:
+        raise InvalidRequest(f"The audio is {duration * 1000:.1f} ms long; the minimum is "
+                             f"{limits.min_audio_ms:g} ms.", code="audio_too_short")
+    if duration > limits.max_audio_s:
+        raise PayloadTooLarge(f"The audio is {duration:.0f} s long; the maximum is {limits.max_audio_s:g} s. "
+                              "Split it and send the parts.", code="audio_too_long")
+    return duration
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

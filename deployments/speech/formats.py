@@ -1,0 +1,65 @@
+"""Render a ``TranscriptionResult`` in each OpenAI ``response_format`` and the old server's ``/transcribe`` form."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .schemas import Segment, TranscriptionResult
+
+ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "verbose_json", "srt", "vtt")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def clock(seconds: float, decimal: str) -> str:
+    millis = max(0, int(round(seconds * 1000)))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
+
+
+def srt(segments: list[Segment]) -> str:
+    blocks = [f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{s.text}\n" for i, s in enumerate(segments, 1)]
+    return "\n".join(blocks)
+
+
+def vtt(segments: list[Segment]) -> str:
+    blocks = [f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{s.text}\n" for s in segments]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def render(result: TranscriptionResult, response_format: str, granularities: set[str]) -> dict | str:
+    """JSON-able dict for json formats, str for text formats."""
+    if response_format == "json":
+        return {"text": result.text}
+    if response_format == "text":
+        return result.text + "\n"
+    if response_format == "srt":
+        return srt(result.segments)
+    if response_format == "vtt":
+        return vtt(result.segments)
+    body = result.model_dump()
+    # OpenAI returns only the granularities asked for (segments by default).
+    if granularities and "segment" not in granularities:
+        body.pop("segments")
+    if "word" not in granularities:
+        body.pop("words")
+    return body
+
+
+def legacy(result: TranscriptionResult, include_timestamps: bool) -> dict:
+    """The old server's ``/transcribe`` response."""
+    timestamps = None
+    if include_timestamps:
+        timestamps = {
+            "words": [{"text": w.word, "start": w.start, "end": w.end} for w in result.words],
+            "segments": [{"text": s.text, "start": s.start, "end": s.end} for s in result.segments],
+        }
+    return {"text": result.text, "timestamps": timestamps}

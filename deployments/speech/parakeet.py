@@ -1,0 +1,197 @@
+"""Parakeet-TDT loading and batched inference, called directly (never ``model.transcribe()``).
+
+One ``ParakeetRecognizer`` owns one model. It configures decoding once at load, never changes the model afterwards,
+and turns a list of float32 16 kHz waveforms into per-item token ids, pieces, start frames and durations: everything
+the Aligner needs to place words in time without a model of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .parakeet_defaults import DEFAULT_MODEL, SAMPLE_RATE  # noqa: F401 (re-exported)
+from .schemas import SegmentTokens
+
+log = logging.getLogger(__name__)
+
+# The encoder needs a few feature frames to produce one output frame; shorter inputs are padded with trailing
+# silence (which shifts no timestamp).
+MIN_MODEL_SAMPLES = SAMPLE_RATE // 10
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is one line a user can act on."""
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def load_nemo_model(source: str, device: str):
+    """Load an ASR model from a local ``.nemo`` file or a Hugging Face id, or fail with one clear line."""
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    map_location = torch.device(device)
+    is_path = source.endswith(".nemo") or os.path.sep in source and Path(source).exists()
+    try:
+        if is_path:
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"no such file: {source}")
+            return ASRModel.restore_from(source, map_location=map_location)
+        return ASRModel.from_pretrained(source, map_location=map_location)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the same actionable line
+        tried = f"local .nemo file {source!r}" if is_path else f"Hugging Face model {source!r} (cache, then hub)"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"Could not load the Parakeet model: tried {tried}: {type(exc).__name__}: {reason[:300]}. "
+            "Download it where there is network (e.g. `huggingface-cli download nvidia/parakeet-tdt-0.6b-v2`) "
+            "or set PARAKEET_MODEL=/path/to/parakeet-tdt-0.6b-v2.nemo"
+        ) from None
+
+
+class ParakeetRecognizer:
+    """Batched greedy TDT inference over a loaded ``EncDecRNNTBPEModel``.
+
+    Not thread-safe by design: the Transcriber runs every call on one worker thread, so model work is serialised
+    and never touches the event loop.
+    """
+
+    def __init__(self, model, device: str, use_bf16: bool = True, local_attention_above_s: float = 600.0,
+                 local_attention_context: tuple[int, int] = (128, 128), max_padding_ratio: float = 1.5):
+        import torch
+
+        self.device = device
+        self.model = model.eval()
+        self.local_attention_above_s = local_attention_above_s
+        self.local_attention_context = list(local_attention_context)
+        self.max_padding_ratio = max_padding_ratio
+        self._local_encoder = None
+        self._lock = threading.Lock()
+        self.dtype = torch.bfloat16 if (device.startswith("cuda") and use_bf16) else torch.float32
+        # Mel features stay in float32 (log of small energies); the heavy networks run in bf16 on GPU.
+        for module in (self.model.encoder, self.model.decoder, self.model.joint):
+            module.to(self.dtype)
+        self._configure_decoding()
+        cfg = self.model.cfg
+        self.frame_s = float(cfg.preprocessor.window_stride) * int(self._subsampling_factor())
+        self.durations = list(cfg.get("model_defaults", {}).get("tdt_durations", [0, 1, 2, 3, 4]))
+        self.name = ""
+
+    @classmethod
+    def load(cls, source: str, device: str = "auto", **options) -> "ParakeetRecognizer":
+        device = resolve_device(device)
+        recognizer = cls(load_nemo_model(source, device), device, **options)
+        recognizer.name = source
+        return recognizer
+
+    def _subsampling_factor(self) -> int:
+        encoder_cfg = self.model.cfg.encoder
+        return int(encoder_cfg.get("subsampling_factor", 8))
+
+    def _configure_decoding(self) -> None:
+        """Greedy batched TDT (label looping, CUDA graphs where available), per-token durations, no alignments.
+
+        Done once, before any request: ``change_decoding_strategy`` replaces the decoding object.
+        """
+        from omegaconf import open_dict
+
+        decoding_cfg = copy.deepcopy(self.model.cfg.decoding)
+        with open_dict(decoding_cfg):
+            decoding_cfg.strategy = "greedy_batch"
+            decoding_cfg.preserve_alignments = False
+            decoding_cfg.compute_timestamps = False
+            decoding_cfg.tdt_include_token_duration = True
+            decoding_cfg.greedy.loop_labels = True
+            decoding_cfg.greedy.use_cuda_graph_decoder = self.device.startswith("cuda")
+        self.model.change_decoding_strategy(decoding_cfg, verbose=False)
+
+    @property
+    def vocabulary_pieces(self) -> list[str]:
+        tokenizer = self.model.tokenizer
+        return tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size)))
+
+    def _encoder_for(self, longest_samples: int):
+        """Full attention normally; a local-attention copy of the encoder for very long inputs (memory ~ T^2)."""
+        if self.local_attention_above_s <= 0 or longest_samples <= self.local_attention_above_s * SAMPLE_RATE:
+            return self.model.encoder
+        with self._lock:
+            if self._local_encoder is None:
+                local = copy.deepcopy(self.model.encoder)
+                local.change_attention_model("rel_pos_local_attn", self.local_attention_context)
+                local.change_subsampling_conv_chunking_factor(1)
+                self._local_encoder = local.eval()
+        return self._local_encoder
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Group item indices so no sub-batch pads more than ``max_padding_ratio`` x its real audio.
+
+        Items are sorted by length first, so a short segment never waits on (or pads up to) a 15-minute file.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        groups: list[list[int]] = []
+        for index in order:
+            if groups:
+                group = groups[-1]
+                longest = lengths[index]
+                real = sum(lengths[i] for i in group) + lengths[index]
+                if longest * (len(group) + 1) <= self.max_padding_ratio * real:
+                    group.append(index)
+                    continue
+            groups.append([index])
+        return groups
+
+    def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[SegmentTokens]:
+        """Recognise each float32 16 kHz waveform; the result list is in input order."""
+        results: list[SegmentTokens | None] = [None] * len(waveforms)
+        for group in self.plan_batches([len(w) for w in waveforms]):
+            for index, tokens in zip(group, self._transcribe_group([waveforms[i] for i in group])):
+                results[index] = tokens
+        return results  # type: ignore[return-value]
+
+    def _transcribe_group(self, waveforms: Sequence[np.ndarray]) -> list[SegmentTokens]:
+        import torch
+
+        lengths = [max(len(w), MIN_MODEL_SAMPLES) for w in waveforms]
+        batch = np.zeros((len(waveforms), max(lengths)), dtype=np.float32)
+        for row, wave in enumerate(waveforms):
+            batch[row, :len(wave)] = wave
+        with torch.inference_mode():
+            signal = torch.from_numpy(batch).to(self.device)
+            signal_lengths = torch.tensor(lengths, dtype=torch.long, device=self.device)
+            features, feature_lengths = self.model.preprocessor(input_signal=signal, length=signal_lengths)
+            encoder = self._encoder_for(max(lengths))
+            encoded, encoded_lengths = encoder(audio_signal=features.to(self.dtype), length=feature_lengths)
+            hypotheses = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True)
+        return [self._to_tokens(hyp, int(n)) for hyp, n in zip(hypotheses, encoded_lengths.tolist())]
+
+    def _to_tokens(self, hypothesis, encoded_frames: int) -> SegmentTokens:
+        ids = _as_int_list(hypothesis.y_sequence)
+        starts = _as_int_list(hypothesis.timestamp)[:len(ids)]
+        durations = _as_int_list(getattr(hypothesis, "token_duration", None))[:len(ids)]
+        if len(durations) < len(ids):  # a plain RNNT model: every token lasts one frame
+            durations = durations + [1] * (len(ids) - len(durations))
+        pieces = self.model.tokenizer.ids_to_tokens(ids) if ids else []
+        text = hypothesis.text if isinstance(hypothesis.text, str) else self.model.tokenizer.ids_to_text(ids)
+        return SegmentTokens(text=text.strip(), token_ids=ids, pieces=list(pieces), start_frames=starts,
+                             durations=durations, frame_s=self.frame_s, frames=encoded_frames)
+
+
+def _as_int_list(values) -> list[int]:
+    if values is None:
+        return []
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return [int(v) for v in values]

@@ -1,0 +1,92 @@
+"""Every knob of the service, typed and documented once.
+
+``serve_config.yaml`` passes these as the application's ``args``; environment variables with the ``PARAKEET_``
+prefix override them (``PARAKEET_MODEL=/models/parakeet.nemo``, ``PARAKEET_VAD__THRESHOLD=0.6``), so a deployment
+can be pointed at a local checkpoint without editing the file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .parakeet_defaults import DEFAULT_MODEL
+
+
+class VadSettings(BaseModel):
+    """Silero VAD (the ONNX sequence model from the ``silero-vad`` package) and how its segments are shaped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that starts speech")
+    neg_threshold: float | None = Field(None, description="probability that ends speech (default threshold-0.15)")
+    min_speech_duration_ms: int = Field(250, ge=0, description="shorter bursts are dropped")
+    min_silence_duration_ms: int = Field(30, ge=0, description="silence needed to end a segment (seed: 30)")
+    speech_pad_ms: int = Field(120, ge=0, description="padding added on both sides of speech (seed: 120)")
+    max_segment_s: float = Field(30.0, gt=1, description="longer speech is cut at its longest pause")
+    merge_up_to_s: float = Field(
+        12.0, ge=0, description="adjacent segments are merged while the result stays this short (0: never)")
+    merge_max_gap_s: float = Field(1.5, ge=0, description="segments further apart than this are never merged")
+    frames_per_call: int = Field(1024, ge=16, description="32 ms windows per ONNX call (many windows per call)")
+    threads: int = Field(1, ge=1, description="files a Segmenter replica runs through VAD at once (ONNX frees "
+                                              "the GIL); give the replica as many CPUs")
+
+    @model_validator(mode="after")
+    def _merge_fits(self):
+        if self.merge_up_to_s > self.max_segment_s:
+            raise ValueError("vad.merge_up_to_s must not exceed vad.max_segment_s")
+        return self
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_mb: float = Field(200.0, gt=0, description="uploads larger than this get 413 (counted as they arrive)")
+    max_audio_s: float = Field(4 * 3600.0, gt=0, description="decoded audio longer than this gets 413")
+    min_audio_ms: float = Field(32.0, ge=0, description="shorter audio gets 400 (one VAD window)")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class StreamSettings(BaseModel):
+    """The WebSocket stream (``/v1/audio/stream``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_streams: int = Field(64, ge=1, description="concurrent streams per Ingress replica; more are refused")
+    partial_interval_ms: int = Field(1000, ge=100, description="how often a partial result is sent mid-utterance")
+    max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
+    max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame accepted")
+
+
+class AppSettings(BaseSettings):
+    """The application's arguments (``args:`` in serve_config.yaml)."""
+
+    model_config = SettingsConfigDict(env_prefix="PARAKEET_", env_nested_delimiter="__", extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="HF id or path to a .nemo file (env PARAKEET_MODEL wins)")
+    model_name: str = Field("parakeet-tdt-0.6b-v2", description="the id /v1/models lists and responses echo")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the replica has a GPU")
+    use_bf16: bool = Field(True, description="run encoder/decoder in bf16 on GPU")
+    local_attention_above_s: float = Field(
+        600.0, ge=0, description="inputs longer than this use local attention (memory); 0 disables")
+    transcriber_gpus: Literal["auto"] | float = Field(
+        "auto", description="GPUs per Transcriber replica; auto: 1 when the cluster has GPUs, else 0")
+    transcriber_cpus: float = Field(1.0, gt=0, description="CPUs per Transcriber replica (sets torch threads)")
+    batch_ms: float = Field(15.0, ge=0, description="batching window in ms (seed: 15)")
+    max_batch_size: int = Field(4, ge=1, description="largest batch the Transcriber forms (seed: 4)")
+    warmup: bool = Field(True, description="run the largest batch once at start-up (CUDA graphs, allocator)")
+    vad: VadSettings = Field(default_factory=VadSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this gets 503")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # The environment beats the config file: PARAKEET_MODEL must be able to override serve_config.yaml.
+        return env_settings, init_settings

@@ -1,0 +1,93 @@
+"""Shared fixtures: the project's test models and a real Ray Serve app on a local (CPU) Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FIXTURES
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("PARAKEET_MODEL", None)  # the tests choose their models explicitly
+
+DIGITS_MODEL = FIXTURES / "digits.nemo"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight tiny Parakeet-architecture model (configs/models/tiny.yaml) saved as .nemo."""
+    from deployments.speech.model_factory import build_random_nemo
+
+    return build_random_nemo("tiny", tmp_path_factory.mktemp("tiny") / "tiny.nemo")
+
+
+@pytest.fixture(scope="session")
+def digits_model() -> Path:
+    assert DIGITS_MODEL.is_file(), "tests/fixtures/digits.nemo is missing (make test-model)"
+    return DIGITS_MODEL
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    # Logical CPUs: every replica of the graph must be schedulable on a 2-core CI machine.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@dataclass
+class ServedApp:
+    url: str
+    name: str
+
+    def deployment(self, name: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(name, app_name=self.name)
+
+    def handle(self):
+        from ray import serve
+
+        return serve.get_app_handle(self.name)
+
+
+def run_app(ray_cluster: str, **args) -> ServedApp:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(args), name="parakeet", route_prefix="/", blocking=False)
+    return ServedApp(url=ray_cluster, name="parakeet")
+
+
+def stop_app() -> None:
+    from ray import serve
+
+    serve.delete("parakeet")
+
+
+@pytest.fixture(scope="session")
+def digits_app(ray_cluster, digits_model):
+    """The graph serving the trained digits model; shared by the fidelity and streaming modules."""
+    served = run_app(ray_cluster, model=str(digits_model), batch_ms=30, max_batch_size=4,
+                     stream={"max_streams": 20, "partial_interval_ms": 1000})
+    yield served
+    stop_app()

@@ -1,0 +1,24 @@
+"""`python -m bench.run --quick` runs end to end (a smoke test: no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_produces_its_reports(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out-dir", str(tmp_path),
+                             "--name", "smoke", "--work-dir", str(tmp_path / "work")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert {r["config"] for r in report["rows"]} == {"vad_ts", "vad", "whole", "whole_ts", "stream"}
+    assert all(r["p50_ms"] > 0 and r["raw_ms"] > 0 for r in report["rows"])
+    assert report["vad_vs_silero"]["segments"] > 0
+    assert (tmp_path / "smoke.md").read_text().startswith("# Parakeet serving benchmark")
+    assert (tmp_path / "smoke.png").stat().st_size > 1000

@@ -1,0 +1,208 @@
+"""Live WebSocket streaming through the served graph with the trained digits model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from tests.helpers import SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases
+from tests.integration.test_fidelity import assert_own_results
+
+pytestmark = pytest.mark.integration
+FRAME_S = 0.08
+
+
+@pytest.fixture(scope="module")
+def app(digits_app):
+    return digits_app
+
+
+def ws_url(app, path: str = "/v1/audio/stream") -> str:
+    return app.url.replace("http://", "ws://") + path
+
+
+def pcm(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def stream(url: str, audio: np.ndarray, config: dict | None = None, frame_bytes: int = 1024,
+                 finish: bool = True) -> tuple[list[dict], int | None]:
+    events = []
+    async with websockets.connect(url, max_size=None) as ws:
+        if config is not None:
+            await ws.send(json.dumps(config))
+        data = pcm(audio)
+
+        async def send():
+            for offset in range(0, len(data), frame_bytes):
+                await ws.send(data[offset:offset + frame_bytes])
+            if finish:
+                await ws.send(json.dumps({"type": "end"}))
+
+        sender = asyncio.create_task(send())
+        try:
+            async for message in ws:
+                events.append(json.loads(message))
+        except websockets.ConnectionClosed:
+            pass
+        sender.cancel()
+        return events, ws.close_code
+
+
+def finals(events):
+    return [e for e in events if e["type"] == "final"]
+
+
+def test_streamed_finals_match_the_offline_transcript(app):
+    rng = random.Random(55)
+    recording = long_recording(random_phrases(rng, 20), rng, phrase_gap_s=(0.6, 2.5))
+    offline = httpx.post(app.url + "/v1/audio/transcriptions", timeout=600,
+                         files={"file": ("a.wav", encode(recording.audio))},
+                         data={"response_format": "verbose_json", "timestamp_granularities[]": "word"}).json()
+    events, code = asyncio.run(stream(ws_url(app), recording.audio, {"sample_rate": 16000, "timestamps": True}))
+    assert events[-1] == {"type": "done"} and code == 1000
+    got = finals(events)
+    assert [e["id"] for e in got] == list(range(len(got))) and len(got) >= 10
+    matches, timed, close = 0, 0, 0
+    for event in got:
+        inside = [w for w in offline["words"] if event["start"] <= (w["start"] + w["end"]) / 2 <= event["end"]]
+        matches += normalise(event["text"]) == normalise(" ".join(w["word"] for w in inside))
+        for streamed, reference in zip(event["words"], inside):
+            timed += 2
+            close += (abs(streamed["start"] - reference["start"]) <= FRAME_S) + (
+                abs(streamed["end"] - reference["end"]) <= FRAME_S)
+    assert matches / len(got) >= 0.98
+    assert timed and close / timed >= 0.95
+
+
+def test_the_ws_alias_and_other_sample_rates(app):
+    import soxr
+
+    recording = phrase_recording(["four", "two", "seven", "one"], voice=2)
+    at_8k = soxr.resample(recording.audio, SAMPLE_RATE, 8000).astype(np.float32)
+    events, code = asyncio.run(stream(ws_url(app, "/ws"), at_8k, {"sample_rate": 8000}))
+    assert code == 1000 and normalise(" ".join(e["text"] for e in finals(events))) == recording.text
+
+
+def test_sixteen_concurrent_streams_get_their_own_results(app):
+    rng = random.Random(16)
+    recordings = [long_recording(random_phrases(rng, 2, 4, 6), rng, phrase_gap_s=(1.0, 1.5)) for _ in range(16)]
+
+    async def everyone():
+        return await asyncio.gather(*[stream(ws_url(app), r.audio, {"partials": False}) for r in recordings])
+
+    results = asyncio.run(everyone())
+    texts = []
+    for (events, code), recording in zip(results, recordings):
+        got = finals(events)
+        assert code == 1000 and [e["id"] for e in got] == list(range(len(got)))
+        assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(got, got[1:]))  # in order
+        texts.append(normalise(" ".join(e["text"] for e in got)))
+    assert_own_results([r.text for r in recordings], texts)
+
+
+def test_partials_arrive_before_the_final_of_a_long_utterance(app):
+    rng = random.Random(4)
+    words = [rng.choice(["one", "two", "three", "four", "five", "six"]) for _ in range(14)]
+    recording = phrase_recording(words, voice=3, rng=rng, word_gap_s=(0.05, 0.1))
+    assert recording.duration > 4
+    events, _ = asyncio.run(stream(ws_url(app), recording.audio, {"partials": True}))
+    kinds = [(e["type"], e.get("id")) for e in events if e["type"] in ("partial", "final")]
+    first_final = kinds.index(("final", 0))
+    assert ("partial", 0) in kinds[:first_final]
+
+
+def test_end_flushes_speech_without_trailing_silence(app):
+    recording = phrase_recording(["nine", "eight", "seven"], voice=1, tail_s=0.0)
+    events, code = asyncio.run(stream(ws_url(app), recording.audio))
+    assert code == 1000 and events[-1]["type"] == "done"
+    assert normalise(" ".join(e["text"] for e in finals(events))) == recording.text
+
+
+def test_handle_stream_gives_the_same_events(app):
+    rng = random.Random(21)
+    recording = long_recording(random_phrases(rng, 3), rng, phrase_gap_s=(1.0, 1.5))
+    handle = app.handle().options(stream=True)
+    events = [e for e in handle.transcribe_stream.remote(recording.audio, sample_rate=SAMPLE_RATE, chunk_ms=32)]
+    ws_events, _ = asyncio.run(stream(ws_url(app), recording.audio, {"partials": True}))
+    assert events[-1] == {"type": "done"}
+    assert [(e["text"], e["start"], e["end"]) for e in finals(events)] == [
+        (e["text"], e["start"], e["end"]) for e in finals(ws_events)]
+
+
+@pytest.mark.parametrize("config,frame,code,needle", [
+    ({"sample_rate": 16000, "encoding": "opus"}, None, 1008, "encoding"),
+    ({"sample_rate": 16000, "volume": 3}, None, 1008, "volume"),
+    ({"sample_rate": 16000}, b"\x01\x02\x03", 1007, "even number of bytes"),
+    ({"sample_rate": 16000}, "hello", 1007, '{"type": "end"}'),
+])
+def test_bad_config_and_frames_get_an_error_and_a_close(app, config, frame, code, needle):
+    async def run():
+        async with websockets.connect(ws_url(app)) as ws:
+            await ws.send(json.dumps(config))
+            if frame is not None:
+                await ws.send(frame)
+            message = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            return message, ws.close_code
+
+    message, close_code = asyncio.run(run())
+    assert message["type"] == "error" and needle in message["message"] and close_code == code
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_a_disconnect_mid_utterance_leaves_nothing_behind(app):
+    ingress = app.deployment("Ingress")
+    baseline = ingress.stream_stats.remote().result()
+    recording = phrase_recording(["one", "two", "three", "four", "five", "six", "seven"], voice=0,
+                                 word_gap_s=(0.05, 0.1))
+
+    async def leave_early():
+        async with websockets.connect(ws_url(app)) as ws:
+            await ws.send(json.dumps({"partials": True}))
+            data = pcm(recording.audio)
+            for offset in range(0, len(data) * 2 // 3, 1024):
+                await ws.send(data[offset:offset + 1024])
+            # gone without {"type": "end"}, mid-utterance
+
+    asyncio.run(leave_early())
+    settled = wait_for(lambda: (lambda s: s if s["active_streams"] == 0 and s["tasks"] <= baseline["tasks"]
+                                else None)(ingress.stream_stats.remote().result()))
+    assert settled, ingress.stream_stats.remote().result()
+
+
+def test_too_many_streams_are_refused_with_a_reason(app):
+    async def run():
+        held = [await websockets.connect(ws_url(app)) for _ in range(20)]
+        try:
+            for ws in held:
+                await ws.send(json.dumps({"partials": False}))
+            await asyncio.sleep(0.5)
+            async with websockets.connect(ws_url(app)) as extra:
+                message = json.loads(await extra.recv())
+                with pytest.raises(websockets.ConnectionClosed):
+                    await extra.recv()
+                return message, extra.close_code
+        finally:
+            for ws in held:
+                await ws.close()
+
+    message, code = asyncio.run(run())
+    assert message["type"] == "error" and "Too many concurrent streams" in message["message"] and code == 1013

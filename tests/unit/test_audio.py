@@ -1,0 +1,88 @@
+"""Decoding and validation: every accepted format becomes float32 16 kHz mono; every bad input a clear error."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from deployments.speech import audio
+from deployments.speech.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from deployments.speech.settings import LimitSettings
+from tests.helpers import encode
+
+TONE = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)  # 1 s at 48 kHz
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", None), ("OGG", "VORBIS")])
+def test_decodes_formats_to_16k_mono(fmt, subtype):
+    stereo = np.stack([TONE, TONE * 0.5], axis=1)
+    decoded = audio.decode(encode(stereo, fmt, 48000, subtype))
+    assert decoded.dtype == np.float32 and decoded.ndim == 1
+    assert abs(len(decoded) - 16000) < 400
+    spectrum = np.abs(np.fft.rfft(decoded[2000:14000]))
+    assert abs(np.argmax(spectrum) * 16000 / 12000 - 440) < 5  # the tone survives resampling
+
+
+def test_decodes_mp3_made_by_ffmpeg():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp3") as out:
+        stream = out.add_stream("mp3", rate=44100, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.tile(TONE[:44100], 1)[None, :], format="flt", layout="mono")
+        frame.sample_rate = 44100
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    assert abs(len(audio.decode(buffer.getvalue())) - 16000) < 1600
+
+
+@pytest.mark.parametrize("payload,error,needle", [
+    (b"", InvalidRequest, "empty"),
+    (b"hello, definitely not audio" * 10, UnsupportedMedia, "audio"),
+])
+def test_rejects_unreadable(payload, error, needle):
+    with pytest.raises(error, match=needle):
+        audio.decode(payload)
+
+
+def test_rejects_truncated_wav():
+    wav = encode(TONE, "WAV", 48000)
+    with pytest.raises(UnsupportedMedia, match="truncated"):
+        audio.decode(wav[: len(wav) // 2])
+
+
+def test_from_array_resamples_and_mixes_down():
+    samples = (np.stack([TONE, TONE], axis=1) * 32767).astype(np.int16)
+    out = audio.from_array(samples, 48000)
+    assert out.dtype == np.float32 and out.ndim == 1 and len(out) == 16000
+    assert 0.25 < np.abs(out).max() < 0.35
+
+
+@pytest.mark.parametrize("samples,rate,needle", [
+    (np.zeros(10, np.float32), None, "sample_rate is required"),
+    (np.array([np.nan] * 100, np.float32), 16000, "NaN"),
+    (np.zeros((2, 3, 4), np.float32), 16000, "mono"),
+    (np.array(["a"]), 16000, "numbers"),
+])
+def test_from_array_rejects(samples, rate, needle):
+    with pytest.raises(InvalidRequest, match=needle):
+        audio.from_array(samples, rate)
+
+
+def test_validate_limits():
+    limits = LimitSettings(max_audio_s=2, min_audio_ms=32)
+    assert audio.validate(np.zeros(16000, np.float32), limits) == 1.0
+    with pytest.raises(InvalidRequest, match="minimum is 32 ms"):
+        audio.validate(np.zeros(400, np.float32), limits)
+    with pytest.raises(PayloadTooLarge, match="maximum is 2 s"):
+        audio.validate(np.zeros(16000 * 3, np.float32), limits)
+    with pytest.raises(InvalidRequest, match="no samples"):
+        audio.validate(np.zeros(0, np.float32), limits)
+
+
+def test_pcm16():
+    data = np.array([0, 16384, -32768], "<i2").tobytes()
+    assert audio.pcm16_to_float(data).tolist() == [0.0, 0.5, -1.0]
+    with pytest.raises(InvalidRequest):
+        audio.pcm16_to_float(b"\x00\x01\x02")

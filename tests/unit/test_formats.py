@@ -1,0 +1,34 @@
+from deployments.speech import formats
+from deployments.speech.schemas import Segment, TranscriptionResult, Word
+
+RESULT = TranscriptionResult(duration=3725.5, text="Hi there. Bye.",
+                             segments=[Segment(id=0, start=0.0, end=1.25, text="Hi there."),
+                                       Segment(id=1, start=3723.5, end=3725.004, text="Bye.")],
+                             words=[Word(word="Hi", start=0.0, end=0.5)])
+
+
+def test_srt():
+    assert formats.srt(RESULT.segments) == (
+        "1\n00:00:00,000 --> 00:00:01,250\nHi there.\n\n2\n01:02:03,500 --> 01:02:05,004\nBye.\n")
+
+
+def test_vtt():
+    assert formats.vtt(RESULT.segments).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nHi there.\n")
+
+
+def test_render_granularities():
+    assert formats.render(RESULT, "json", set()) == {"text": "Hi there. Bye."}
+    assert formats.render(RESULT, "text", set()) == "Hi there. Bye.\n"
+    default = formats.render(RESULT, "verbose_json", set())
+    assert "segments" in default and "words" not in default
+    words = formats.render(RESULT, "verbose_json", {"word"})
+    assert "words" in words and "segments" not in words
+    both = formats.render(RESULT, "verbose_json", {"word", "segment"})
+    assert both["words"][0] == {"word": "Hi", "start": 0.0, "end": 0.5} and both["task"] == "transcribe"
+
+
+def test_legacy():
+    assert formats.legacy(RESULT, False) == {"text": "Hi there. Bye.", "timestamps": None}
+    timed = formats.legacy(RESULT, True)["timestamps"]
+    assert timed["words"] == [{"text": "Hi", "start": 0.0, "end": 0.5}]
+    assert timed["segments"][1] == {"text": "Bye.", "start": 3723.5, "end": 3725.004}

@@ -1,0 +1,54 @@
+"""Segmentation: the ONNX sequence path gives silero's own segments; merging and the length cap hold."""
+
+import random
+
+import numpy as np
+import pytest
+
+from deployments.speech.schemas import SpeechSegment
+from deployments.speech.settings import VadSettings
+from deployments.speech.vad import SpeechDetector, merge_segments
+from tests.helpers import SAMPLE_RATE, long_recording, random_phrases
+
+
+@pytest.fixture(scope="module")
+def recording():
+    rng = random.Random(1)
+    return long_recording(random_phrases(rng, 8), rng, phrase_gap_s=(0.8, 3.0))
+
+
+def test_same_segments_as_silero_reference_loop(recording):
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    settings = VadSettings(merge_up_to_s=0)
+    ours = SpeechDetector(settings).segments(recording.audio)
+    reference = get_speech_timestamps(torch.from_numpy(recording.audio), load_silero_vad(onnx=True),
+                                      min_silence_duration_ms=30, speech_pad_ms=120, max_speech_duration_s=30)
+    assert [(s.start, s.end) for s in ours] == [(r["start"], r["end"]) for r in reference]
+
+
+def test_every_word_is_inside_a_segment(recording):
+    segments = SpeechDetector(VadSettings()).segments(recording.audio)
+    for _, start, end in recording.words:
+        assert any(s.start / SAMPLE_RATE <= start and end <= s.end / SAMPLE_RATE for s in segments)
+    assert all(s.end - s.start <= 12 * SAMPLE_RATE for s in segments)
+
+
+def test_silence_has_no_segments():
+    assert SpeechDetector(VadSettings()).segments(np.zeros(SAMPLE_RATE * 3, np.float32)) == []
+
+
+def test_long_speech_is_cut_below_max_segment():
+    rng = random.Random(2)
+    talk = long_recording(random_phrases(rng, 12), rng, phrase_gap_s=(0.15, 0.3))
+    segments = SpeechDetector(VadSettings(max_segment_s=4, merge_up_to_s=0, min_silence_duration_ms=2000)
+                              ).segments(talk.audio)
+    assert len(segments) > 2 and all(s.end - s.start <= 4 * SAMPLE_RATE for s in segments)
+
+
+def test_merge_segments():
+    segs = [SpeechSegment(start=a, end=b) for a, b in [(0, 10), (15, 30), (100, 120), (125, 200)]]
+    merged = merge_segments(segs, up_to_samples=50, max_gap_samples=20)
+    assert [(s.start, s.end) for s in merged] == [(0, 30), (100, 120), (125, 200)]
+    assert merge_segments(segs, up_to_samples=0, max_gap_samples=20) == segs
