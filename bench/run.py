@@ -50,8 +50,9 @@ def model_path(name: str, work: Path) -> str:
 
     if name == "tiny":
         return str(build_random_nemo("tiny", work / "tiny.nemo"))
-    if name == "full-random":
-        return str(build_random_nemo("full", work / "full-random.nemo"))
+    if name == "full-random":  # deterministic (fixed seed), so a copy left in the work dir is reused
+        cached = work / "full-random.nemo"
+        return str(cached if cached.is_file() else build_random_nemo("full", cached))
     if name == "digits":
         return str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "digits.nemo")
     return name  # a .nemo path or an HF id
@@ -62,13 +63,13 @@ def model_path(name: str, work: Path) -> str:
 class RawPipeline:
     """The same work with no Ray and no HTTP: VAD, the model in batches, alignment, all in this process."""
 
-    def __init__(self, path: str, device: str, max_batch_size: int):
+    def __init__(self, path: str, device: str, max_batch_size: int, vad: dict):
         from deployments.speech.parakeet import ParakeetRecognizer
         from deployments.speech.settings import VadSettings
         from deployments.speech.vad import SpeechDetector
 
         self.recognizer = ParakeetRecognizer.load(path, device=device)
-        self.detector = SpeechDetector(VadSettings())
+        self.detector = SpeechDetector(VadSettings(**vad))
         self.max_batch_size = max_batch_size
         self.recognizer.transcribe([np.zeros(SAMPLE_RATE, np.float32)] * max_batch_size)  # warm-up
 
@@ -145,7 +146,8 @@ class ResourceSampler(threading.Thread):
                 try:
                     title = " ".join(proc.info["cmdline"] or [])
                     if "ServeReplica" in title and proc.info["memory_info"]:
-                        name = title.split("ServeReplica:")[1].split()[0].split(":")[-1]
+                        # the process title also names the method being run: keep the deployment's name
+                        name = title.split("ServeReplica:")[1].split()[0].split(":")[-1].split(".")[0]
                         rss = proc.info["memory_info"].rss / 2**20
                         self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
                 except (psutil.Error, IndexError):
@@ -174,7 +176,7 @@ def free_port() -> int:
 
 
 class Served:
-    def __init__(self, path: str, max_batch_size: int, batch_ms: float):
+    def __init__(self, path: str, max_batch_size: int, batch_ms: float, vad: dict):
         import ray
         from ray import serve
 
@@ -182,10 +184,12 @@ class Served:
 
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                     p for p in [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")] if p)}})
         self.port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        serve.run(build_app({"model": path, "max_batch_size": max_batch_size, "batch_ms": batch_ms}),
+        serve.run(build_app({"model": path, "max_batch_size": max_batch_size, "batch_ms": batch_ms,
+                             "vad": vad}),
                   name="parakeet", route_prefix="/")
         self.url = f"http://127.0.0.1:{self.port}"
         self.transcriber = serve.get_deployment_handle("Transcriber", app_name="parakeet")
@@ -334,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--batch-ms", type=float, default=15)
+    parser.add_argument("--vad-threads", type=int, default=1, help="VAD threads of the Segmenter replica")
+    parser.add_argument("--vad-chunk-s", type=float, default=0.0,
+                        help="parallel VAD chunks for long files (vad.parallel_chunk_s; 0: exact sequential)")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
@@ -350,11 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     path = model_path(args.model, work)
+    print(f"model ready in {time.perf_counter() - started:.0f}s", flush=True)
     clips = ([(Path(a).name, load_user_audio(Path(a))) for a in args.audio] if args.audio else
              [(f"{m:g}min", synthetic_speech(m * 60, seed=int(m * 60))) for m in args.minutes])
 
-    raw = RawPipeline(path, device, args.max_batch_size)
+    vad = {"threads": args.vad_threads, "parallel_chunk_s": args.vad_chunk_s}
+    raw = RawPipeline(path, device, args.max_batch_size, vad)
     raw_ms: dict[tuple, dict] = {}
     for name, audio in clips:
         for key in args.configs:
@@ -363,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
             raw_ms[(name, key)] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
     vad_check = vad_versus_silero(clips[0][1])
     del raw
+    print(f"raw reference done at {time.perf_counter() - started:.0f}s: "
+          + ", ".join(f"{n}/{k} {v['total_ms']:.0f} ms" for (n, k), v in raw_ms.items()), flush=True)
 
     report = {"name": args.name or f"{Path(args.model).stem}-{device}", "model": args.model, "device": device,
               "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_serve:
         sampler = ResourceSampler()
         sampler.start()
-        served = Served(path, args.max_batch_size, args.batch_ms)
+        served = Served(path, args.max_batch_size, args.batch_ms, vad)
         plan = [(n, a, k, c) for n, a in clips for k in args.configs for c in args.concurrency]
         try:
             for name, audio, key, concurrency in tqdm(plan, desc="served", unit="run"):
@@ -390,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "raw_align_ms": round(reference["align_ms"], 1),
                             "served_over_raw": round(row["p50_ms"] / max(reference["total_ms"], 1e-6), 2)})
                 report["rows"].append(row)
+                _save_json(report, args)  # partial results survive an interrupted run
             report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
         finally:
             served.shutdown()
@@ -405,6 +418,12 @@ def main(argv: list[str] | None = None) -> dict:
         plot(report, stem.with_suffix(".png"))
     print(markdown(report) if report["rows"] else json.dumps(report, indent=2))
     return report
+
+
+def _save_json(report: dict, args) -> None:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{report['name']}.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def checks(report: dict) -> dict:

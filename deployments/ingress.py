@@ -299,17 +299,19 @@ class Ingress:
 
     # ---------------------------------------------------------------- HTTP
 
-    async def _upload(self, request: Request):
-        return await read_form(request.headers.get("content-type"), request.headers.get("content-length"),
+    async def _read_upload(self, request: Request, parse_options):
+        """Form (byte-counted as it arrives) -> validated options, then the decoded, validated audio."""
+        form = await read_form(request.headers.get("content-type"), request.headers.get("content-length"),
                                request.stream(), self.settings.limits.max_upload_bytes)
-
-    @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription")
-    async def openai_transcriptions(self, request: Request) -> Response:
-        form = await self._upload(request)
-        options = OpenAIRequest.from_form(form)
+        options = parse_options(form)
         if form.file is None:
             raise InvalidRequest("Attach the audio as the 'file' form field.", code="missing_file")
         audio, duration = await self._decode(form.file)
+        return options, audio, duration
+
+    @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription")
+    async def openai_transcriptions(self, request: Request) -> Response:
+        options, audio, duration = await self._read_upload(request, OpenAIRequest.from_form)
         if options.stream:
             return StreamingResponse(self._sse(audio, duration, options.vad), media_type="text/event-stream")
         result = await self._timed("openai", self._run(audio, duration, options.timestamps, options.vad))
@@ -348,11 +350,7 @@ class Ingress:
 
     @api.post("/transcribe", summary="The previous server's endpoint")
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
-        form = await self._upload(request)
-        options = LegacyRequest.from_form(form)
-        if form.file is None:
-            raise InvalidRequest("Attach the audio as the 'file' form field.", code="missing_file")
-        audio, duration = await self._decode(form.file)
+        options, audio, duration = await self._read_upload(request, LegacyRequest.from_form)
         result = await self._timed("legacy", self._run(audio, duration, options.include_timestamps,
                                                         options.should_chunk))
         return JSONResponse(formats.legacy(result, options.include_timestamps))

@@ -73,7 +73,7 @@ class ParakeetRecognizer:
         import torch
 
         self.device = device
-        self.model = model.eval()
+        self.model = model.to(device).eval()
         self.local_attention_above_s = local_attention_above_s
         self.local_attention_context = list(local_attention_context)
         self.max_padding_ratio = max_padding_ratio
@@ -131,7 +131,8 @@ class ParakeetRecognizer:
                 local = copy.deepcopy(self.model.encoder)
                 local.change_attention_model("rel_pos_local_attn", self.local_attention_context)
                 local.change_subsampling_conv_chunking_factor(1)
-                self._local_encoder = local.eval()
+                # the conversion builds new attention layers on the CPU in float32
+                self._local_encoder = local.to(device=self.device, dtype=self.dtype).eval()
         return self._local_encoder
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:

@@ -30,8 +30,13 @@ class VadSettings(BaseModel):
         12.0, ge=0, description="adjacent segments are merged while the result stays this short (0: never)")
     merge_max_gap_s: float = Field(1.5, ge=0, description="segments further apart than this are never merged")
     frames_per_call: int = Field(1024, ge=16, description="32 ms windows per ONNX call (many windows per call)")
-    threads: int = Field(1, ge=1, description="files a Segmenter replica runs through VAD at once (ONNX frees "
-                                              "the GIL); give the replica as many CPUs")
+    threads: int = Field(1, ge=1, description="VAD threads per Segmenter replica (ONNX frees the GIL); give the "
+                                              "replica as many CPUs")
+    parallel_chunk_s: float = Field(
+        0.0, ge=0, description="0: exact sequential VAD. >0 (with threads > 1): files longer than 1.5x this run as "
+                               "parallel chunks, each re-reading warmup_s before it; lower latency on long files, "
+                               "but segment edges near chunk borders may move by a few windows")
+    warmup_s: float = Field(10.0, ge=0, description="audio re-read before each parallel chunk")
 
     @model_validator(mode="after")
     def _merge_fits(self):

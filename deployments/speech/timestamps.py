@@ -33,18 +33,22 @@ def _is_punctuation(piece: str) -> bool:
 def segment_words(tokens: SegmentTokens) -> list[_Span]:
     """Words of one segment with times relative to the segment's start."""
     words: list[_Span] = []
+    word_start: float | None = None  # set by a bare "\u2581" piece: a word begins there, its letters follow
     for index, piece in enumerate(tokens.pieces):
         frame = tokens.start_frames[index] if index < len(tokens.start_frames) else 0
         duration = tokens.durations[index] if index < len(tokens.durations) else 1
-        start, end = frame * tokens.frame_s, (frame + max(duration, 1)) * tokens.frame_s
+        start, end = frame * tokens.frame_s, (frame + duration) * tokens.frame_s  # NeMo: end = start + duration
         text = piece.replace(WORD_START, "")
         if _is_punctuation(piece):
             if words:
                 words[-1].text += text
             continue
-        if piece.startswith(WORD_START) or not words:
-            if text:
-                words.append(_Span(text, start, end))
+        if piece == WORD_START:
+            word_start = start
+            continue
+        if piece.startswith(WORD_START) or not words or word_start is not None:
+            words.append(_Span(text, start if word_start is None else word_start, end))
+            word_start = None
             continue
         words[-1].text += text
         words[-1].end = max(words[-1].end, end)

@@ -10,6 +10,7 @@ than ``max_segment_s`` (silero cuts over-long speech at its longest pause).
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,30 @@ class SpeechDetector:
 
         self.settings = settings
         self.model = SileroVADSequence(str(silero_model_path()), max_frames=settings.frames_per_call)
+        self._chunk_pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad-chunk") \
+            if settings.threads > 1 else None
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
-        return self.model.audio_forward(np.ascontiguousarray(audio, dtype=np.float32))
+        """Per-window speech probabilities; long files run as parallel chunks when threads allow.
+
+        The model is an LSTM, so a chunk cannot start from the previous chunk's state without waiting for it.
+        Each chunk instead re-reads ``warmup_s`` of audio before its start from a zero state and drops those
+        windows. Silero's state has a long memory, so probabilities near a border differ somewhat from the
+        sequential pass; segments keep their number and move by at most a few windows (checked in tests). Off by
+        default (``parallel_chunk_s: 0``).
+        """
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        chunk = int(self.settings.parallel_chunk_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
+        if self._chunk_pool is None or chunk <= 0 or len(audio) <= 1.5 * chunk:
+            return self.model.audio_forward(audio)
+        warmup = int(self.settings.warmup_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
+
+        def run(start: int) -> np.ndarray:
+            begin = max(0, start - warmup)
+            probs = self.model.audio_forward(audio[begin:start + chunk])
+            return probs[(start - begin) // WINDOW_SAMPLES:]
+
+        return np.concatenate(list(self._chunk_pool.map(run, range(0, len(audio), chunk))))
 
     def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
         return self.segments_from_probabilities(self.probabilities(audio), len(audio))

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from tests.fixtures.maker.tdt_loss import tdt_loss
+from tests.fixtures.maker.tdt_loss import MASKED_ARC, tdt_loss
 
 DURATIONS = [0, 1, 2]
 
 
-def brute_force_log_likelihood(token_lp, duration_lp, labels, frames, blank):
+def brute_force_log_likelihood(token_lp, duration_lp, labels, frames, blank, allowed=None):
     """Enumerate every path (sequence of (symbol, duration) arcs) from (0, 0) that ends with blank at t = frames."""
     total = []
     n_labels = len(labels)
@@ -29,7 +29,8 @@ def brute_force_log_likelihood(token_lp, duration_lp, labels, frames, blank):
                     walk(t + d, u, s)
             # label
             if u < n_labels and t + d < frames:
-                walk(t + d, u + 1, score + token_lp[t, u, labels[u]] + duration_lp[t, u, n])
+                penalty = 0.0 if allowed is None or allowed[t][u][n] else MASKED_ARC
+                walk(t + d, u + 1, score + token_lp[t, u, labels[u]] + duration_lp[t, u, n] + penalty)
 
     walk(0, 0, 0.0)
     return math.log(sum(math.exp(s) for s in total))
@@ -59,3 +60,21 @@ def test_batched_with_padding_equals_each_alone():
     assert batched[1].item() == pytest.approx(alone[0].item(), rel=1e-5)
     batched.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_label_arc_mask_restricts_alignments():
+    torch.manual_seed(3)
+    frames, labels, vocab, blank = 5, [2, 0], 3, 3
+    logits = torch.randn(1, frames, 3, vocab + 1 + len(DURATIONS), dtype=torch.float64)
+    token_lp = torch.log_softmax(logits[..., :-len(DURATIONS)], -1)[0].numpy()
+    duration_lp = torch.log_softmax(logits[..., -len(DURATIONS):], -1)[0].numpy()
+    mask = torch.zeros(1, frames, 2, len(DURATIONS), dtype=torch.bool)
+    mask[0, 1:3, 0] = True  # label 0 only at frames 1-2
+    mask[0, 2:4, 1, 1:] = True  # label 1 only at frames 2-3 with duration >= 1
+    expected = brute_force_log_likelihood(token_lp, duration_lp, labels, frames, blank, mask[0].tolist())
+    loss = tdt_loss(logits, torch.tensor([labels]), torch.tensor([frames]), torch.tensor([2]), blank, DURATIONS,
+                    label_arc_mask=mask)
+    assert loss.item() == pytest.approx(-expected, rel=1e-5)
+    unconstrained = tdt_loss(logits, torch.tensor([labels]), torch.tensor([frames]), torch.tensor([2]), blank,
+                             DURATIONS)
+    assert loss.item() > unconstrained.item() + 1.0

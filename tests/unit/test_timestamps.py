@@ -38,3 +38,9 @@ def test_monotone_and_clipped():
 
 def test_empty_segment():
     assert align([(tokens([], [], []), 0.0, 1.0)], 1.0) == ([], [])
+
+
+def test_bare_word_marker_starts_the_next_word():
+    spans = segment_words(tokens([W, "s", "i", "x", W, "t", "wo"], [3, 4, 5, 6, 10, 10, 11], [1, 1, 1, 2, 0, 1, 2]))
+    assert [(s.text, round(s.start, 2), round(s.end, 2)) for s in spans] == [("six", 0.24, 0.64),
+                                                                          ("two", 0.8, 1.04)]

@@ -52,3 +52,17 @@ def test_merge_segments():
     merged = merge_segments(segs, up_to_samples=50, max_gap_samples=20)
     assert [(s.start, s.end) for s in merged] == [(0, 30), (100, 120), (125, 200)]
     assert merge_segments(segs, up_to_samples=0, max_gap_samples=20) == segs
+
+
+def test_parallel_chunks_keep_the_sequential_segments_within_a_few_windows():
+    rng = random.Random(12)
+    talk = long_recording(random_phrases(rng, 30), rng, phrase_gap_s=(0.3, 3.0))
+    assert talk.duration > 100
+    sequential = SpeechDetector(VadSettings(threads=1)).segments(talk.audio)
+    parallel_detector = SpeechDetector(VadSettings(threads=2, parallel_chunk_s=20))
+    probs = parallel_detector.probabilities(talk.audio)
+    assert len(probs) == len(SpeechDetector(VadSettings()).probabilities(talk.audio))
+    parallel = parallel_detector.segments(talk.audio)
+    assert len(parallel) == len(sequential)
+    for a, b in zip(parallel, sequential):
+        assert abs(a.start - b.start) <= 3 * 512 and abs(a.end - b.end) <= 3 * 512
