@@ -110,7 +110,8 @@ def vad_versus_silero(audio: np.ndarray) -> dict:
     model = load_silero_vad()
     started = time.perf_counter()
     reference = get_speech_timestamps(torch.from_numpy(audio), model, min_silence_duration_ms=30,
-                                      speech_pad_ms=120, max_speech_duration_s=settings.max_segment_s)
+                                      speech_pad_ms=120, max_speech_duration_s=settings.max_segment_s,
+                                      min_speech_duration_ms=settings.min_speech_duration_ms)
     reference_s = time.perf_counter() - started
     same = [(s.start, s.end) for s in ours] == [(r["start"], r["end"]) for r in reference]
     return {"audio_s": len(audio) / SAMPLE_RATE, "ours_s": round(ours_s, 3), "silero_loop_s": round(reference_s, 3),

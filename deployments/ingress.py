@@ -207,7 +207,7 @@ class Ingress:
                 yield event
         yield {"type": "done"}
 
-    def stream_stats(self) -> dict:
+    async def stream_stats(self) -> dict:
         """Open streams and live asyncio tasks on this replica (operators; the tests' leak check)."""
         return {"active_streams": self._active_streams, "tasks": len(asyncio.all_tasks())}
 
@@ -215,7 +215,8 @@ class Ingress:
 
     def _segmenter_for(self, config: StreamConfig) -> StreamSegmenter:
         return StreamSegmenter(self.settings.vad, self._vad_session, self.settings.stream.partial_interval_ms,
-                               partials=config.partials)
+                               partials=config.partials,
+                               end_of_utterance_ms=self.settings.stream.end_of_utterance_ms)
 
     def _events(self, chunks, config: StreamConfig):
         async def transcribe(samples: np.ndarray) -> SegmentTokens:

@@ -22,7 +22,8 @@ class VadSettings(BaseModel):
 
     threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that starts speech")
     neg_threshold: float | None = Field(None, description="probability that ends speech (default threshold-0.15)")
-    min_speech_duration_ms: int = Field(250, ge=0, description="shorter bursts are dropped")
+    min_speech_duration_ms: int = Field(
+        100, ge=0, description="shorter bursts are dropped (silero's 250 dropped short words said alone)")
     min_silence_duration_ms: int = Field(30, ge=0, description="silence needed to end a segment (seed: 30)")
     speech_pad_ms: int = Field(120, ge=0, description="padding added on both sides of speech (seed: 120)")
     max_segment_s: float = Field(30.0, gt=1, description="longer speech is cut at its longest pause")
@@ -64,6 +65,8 @@ class StreamSettings(BaseModel):
 
     max_streams: int = Field(64, ge=1, description="concurrent streams per Ingress replica; more are refused")
     partial_interval_ms: int = Field(1000, ge=100, description="how often a partial result is sent mid-utterance")
+    end_of_utterance_ms: int = Field(800, ge=0, description="a pause this long ends an utterance (its final is sent)"
+                                                           "; shorter pauses keep VAD segments in one utterance")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame accepted")
 

