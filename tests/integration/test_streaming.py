@@ -70,16 +70,19 @@ def test_streamed_finals_match_the_offline_transcript(app):
     assert events[-1] == {"type": "done"} and code == 1000
     got = finals(events)
     assert [e["id"] for e in got] == list(range(len(got))) and len(got) >= 10
-    matches, timed, close = 0, 0, 0
+    matches, differences, errors = 0, [], []
     for event in got:
         inside = [w for w in offline["words"] if event["start"] <= (w["start"] + w["end"]) / 2 <= event["end"]]
         matches += normalise(event["text"]) == normalise(" ".join(w["word"] for w in inside))
         for streamed, reference in zip(event["words"], inside):
-            timed += 2
-            close += (abs(streamed["start"] - reference["start"]) <= FRAME_S) + (
-                abs(streamed["end"] - reference["end"]) <= FRAME_S)
+            differences += [abs(streamed["start"] - reference["start"]), abs(streamed["end"] - reference["end"])]
+            truth = min(recording.words, key=lambda w: abs(w[1] - streamed["start"]))
+            errors += [abs(streamed["start"] - truth[1]), abs(streamed["end"] - truth[2])]
     assert matches / len(got) >= 0.98
-    assert timed and close / timed >= 0.95
+    # Streamed and offline times are each within one frame of the truth (>= 95 %); they see different context (a
+    # final is one utterance, offline segments merge up to 12 s), so their errors can add up against each other.
+    assert np.mean(np.array(errors) <= FRAME_S) >= 0.95
+    assert np.mean(np.array(differences) <= FRAME_S) >= 0.9
 
 
 def test_the_ws_alias_and_other_sample_rates(app):
