@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import load_user_audio, synthetic_speech
-from tests.helpers import SAMPLE_RATE, encode
+from tests.helpers import SAMPLE_RATE, encode, free_port
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = {
@@ -168,12 +167,6 @@ class ResourceSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Served:
@@ -410,21 +403,21 @@ def main(argv: list[str] | None = None) -> dict:
             sampler.stop()
         report["peak_rss_mb"] = {k: round(v) for k, v in sampler.peak_rss_mb.items()}
         report["checks"] = checks(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / report["name"]
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    json_path = _save_json(report, args)
     if report["rows"]:
-        stem.with_suffix(".md").write_text(markdown(report))
-        plot(report, stem.with_suffix(".png"))
+        # names like "parakeet-tdt-0.6b-v2-cuda" hold dots, so build each file name rather than swap suffixes
+        json_path.with_name(f"{report['name']}.md").write_text(markdown(report))
+        plot(report, json_path.with_name(f"{report['name']}.png"))
     print(markdown(report) if report["rows"] else json.dumps(report, indent=2))
     return report
 
 
-def _save_json(report: dict, args) -> None:
+def _save_json(report: dict, args) -> Path:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{report['name']}.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = out / f"{report['name']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
 
 
 def checks(report: dict) -> dict:

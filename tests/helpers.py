@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -109,3 +110,10 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 def normalise(text: str) -> str:
     return " ".join("".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split())
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a test or benchmark Serve proxy)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -38,8 +38,9 @@ class SpeechDetector:
 
         self.settings = settings
         self.model = SileroVADSequence(str(silero_model_path()), max_frames=settings.frames_per_call)
+        parallel = settings.threads > 1 and settings.parallel_chunk_s > 0
         self._chunk_pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad-chunk") \
-            if settings.threads > 1 else None
+            if parallel else None
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Per-window speech probabilities; long files run as parallel chunks when threads allow.
@@ -52,7 +53,7 @@ class SpeechDetector:
         """
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         chunk = int(self.settings.parallel_chunk_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
-        if self._chunk_pool is None or chunk <= 0 or len(audio) <= 1.5 * chunk:
+        if self._chunk_pool is None or len(audio) <= 1.5 * chunk:
             return self.model.audio_forward(audio)
         warmup = int(self.settings.warmup_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
 
