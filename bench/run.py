@@ -62,13 +62,17 @@ def model_path(name: str, work: Path) -> str:
 class RawPipeline:
     """The same work with no Ray and no HTTP: VAD, the model in batches, alignment, all in this process."""
 
-    def __init__(self, path: str, device: str, max_batch_size: int, vad: dict):
+    def __init__(self, path: str, device: str, max_batch_size: int, vad: dict, threads: int = 1):
+        import torch
+
         from deployments.speech.parakeet import ParakeetRecognizer
         from deployments.speech.settings import VadSettings
         from deployments.speech.vad import SpeechDetector
 
         self.recognizer = ParakeetRecognizer.load(path, device=device)
         self.detector = SpeechDetector(VadSettings(**vad))
+        # as many torch threads as the served Transcriber gets (importing silero-vad set 1 for the process)
+        torch.set_num_threads(threads)
         self.max_batch_size = max_batch_size
         self.recognizer.transcribe([np.zeros(SAMPLE_RATE, np.float32)] * max_batch_size)  # warm-up
 
@@ -170,7 +174,7 @@ class ResourceSampler(threading.Thread):
 
 
 class Served:
-    def __init__(self, path: str, max_batch_size: int, batch_ms: float, vad: dict):
+    def __init__(self, path: str, max_batch_size: int, batch_ms: float, vad: dict, transcriber_cpus: int = 1):
         import ray
         from ray import serve
 
@@ -183,7 +187,7 @@ class Served:
         self.port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         serve.run(build_app({"model": path, "max_batch_size": max_batch_size, "batch_ms": batch_ms,
-                             "vad": vad}),
+                             "vad": vad, "transcriber_cpus": transcriber_cpus}),
                   name="parakeet", route_prefix="/")
         self.url = f"http://127.0.0.1:{self.port}"
         self.transcriber = serve.get_deployment_handle("Transcriber", app_name="parakeet")
@@ -223,22 +227,19 @@ class Served:
             await sender
         return (time.perf_counter() - started) * 1000
 
-    def measure(self, audio: np.ndarray, config_key: str, concurrency: int, rounds: int) -> tuple[list[float], float]:
+    def measure(self, wav: bytes, pcm: bytes, config_key: str, concurrency: int) -> tuple[list[float], float]:
+        """One round: ``concurrency`` requests at once; their latencies and the round's wall time (s)."""
         import httpx
 
         config = CONFIGS[config_key]
-        wav = encode(audio)
-        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
         async def go():
-            latencies = []
             async with httpx.AsyncClient(timeout=3600) as client:
                 started = time.perf_counter()
-                for _ in range(rounds):
-                    calls = [self.one_stream(pcm) if config_key == "stream" else self.one(client, wav, config)
-                             for _ in range(concurrency)]
-                    latencies += await asyncio.gather(*calls)
-                return latencies, time.perf_counter() - started
+                calls = [self.one_stream(pcm) if config_key == "stream" else self.one(client, wav, config)
+                         for _ in range(concurrency)]
+                latencies = await asyncio.gather(*calls)
+                return list(latencies), time.perf_counter() - started
 
         return asyncio.run(go())
 
@@ -255,7 +256,7 @@ class Served:
 def summarise(latencies: list[float]) -> dict:
     ordered = sorted(latencies)
     return {"min_ms": round(ordered[0], 1), "max_ms": round(ordered[-1], 1),
-            "avg_ms": round(statistics.mean(ordered), 1), "p50_ms": round(ordered[len(ordered) // 2], 1),
+            "avg_ms": round(statistics.mean(ordered), 1), "p50_ms": round(statistics.median(ordered), 1),
             "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)}
 
 
@@ -279,12 +280,13 @@ def markdown(report: dict) -> str:
             cells.append(f"{row['min_ms']:.0f}-{row['max_ms']:.0f} ({row['avg_ms']:.0f}){old_text}")
         lines.append(f"| {config['label']} | " + " | ".join(cells) + " |")
     lines += ["", "All runs:", "",
-              "| config | min | conc. | p50 ms | p95 ms | avg ms | audio s/s | served/raw | batch | "
-              "VAD ms | ASR ms | align ms | GPU util % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| config | min | conc. | p50 ms | p95 ms | avg ms | audio s/s | served/raw | raw ms (quiet) | batch | "
+              "served model ms | raw VAD ms | raw ASR ms | raw align ms | GPU util % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['minutes']:g} | {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | "
-                     f"{r['avg_ms']} | {r['throughput_x']} | {r['served_over_raw']} | {r['mean_batch']} | "
+                     f"{r['avg_ms']} | {r['throughput_x']} | {r['served_over_raw']} | {r['raw_ms']} "
+                     f"({r.get('raw_quiet_machine_ms', '-')}) | {r['mean_batch']} | {r.get('served_model_ms', '-')} | "
                      f"{r['raw_vad_ms']} | {r['raw_asr_ms']} | {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]
@@ -327,12 +329,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 3, 15])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--rounds", type=int, default=2, help="repeats of each (config, length, concurrency)")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of each (config, length, concurrency)")
     parser.add_argument("--audio", nargs="*", default=[], help="your own audio files instead of synthetic speech")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--batch-ms", type=float, default=15)
     parser.add_argument("--vad-threads", type=int, default=1, help="VAD threads of the Segmenter replica")
+    parser.add_argument("--transcriber-cpus", type=int, default=1,
+                        help="torch threads of the served Transcriber and of the raw reference alike")
     parser.add_argument("--vad-chunk-s", type=float, default=0.0,
                         help="parallel VAD chunks for long files (vad.parallel_chunk_s; 0: exact sequential)")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
@@ -358,47 +362,38 @@ def main(argv: list[str] | None = None) -> dict:
              [(f"{m:g}min", synthetic_speech(m * 60, seed=int(m * 60))) for m in args.minutes])
 
     vad = {"threads": args.vad_threads, "parallel_chunk_s": args.vad_chunk_s}
-    raw = RawPipeline(path, device, args.max_batch_size, vad)
-    raw_ms: dict[tuple, dict] = {}
+    raw = RawPipeline(path, device, args.max_batch_size, vad, threads=args.transcriber_cpus)
+    # the reference on a quiet machine, before Ray starts (reported beside the paired numbers below)
+    idle_raw: dict[tuple, dict] = {}
     for name, audio in clips:
         for key in args.configs:
             config = CONFIGS[key]
-            runs = [raw.run(audio, config["vad"], config["timestamps"]) for _ in range(max(1, args.rounds))]
-            raw_ms[(name, key)] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+            idle_raw[(name, key)] = _stage_medians(
+                [raw.run(audio, config["vad"], config["timestamps"]) for _ in range(max(1, args.rounds))])
     vad_check = vad_versus_silero(clips[0][1])
-    del raw
-    print(f"raw reference done at {time.perf_counter() - started:.0f}s: "
-          + ", ".join(f"{n}/{k} {v['total_ms']:.0f} ms" for (n, k), v in raw_ms.items()), flush=True)
+    print(f"raw reference (quiet machine) done at {time.perf_counter() - started:.0f}s: "
+          + ", ".join(f"{n}/{k} {v['total_ms']:.0f} ms" for (n, k), v in idle_raw.items()), flush=True)
 
     report = {"name": args.name or f"{Path(args.model).stem}-{device}", "model": args.model, "device": device,
               "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} CPUs" + (f", {_gpu_name()}" if device == "cuda" else ""),
-              "python": sys.version.split()[0], "rows": [], "vad_vs_silero": vad_check}
+              "python": sys.version.split()[0], "torch_threads": args.transcriber_cpus, "rounds": args.rounds,
+              "rows": [], "vad_vs_silero": vad_check}
     if not args.no_serve:
         sampler = ResourceSampler()
         sampler.start()
-        served = Served(path, args.max_batch_size, args.batch_ms, vad)
-        plan = [(n, a, k, c) for n, a in clips for k in args.configs for c in args.concurrency]
+        served = Served(path, args.max_batch_size, args.batch_ms, vad, args.transcriber_cpus)
+        progress = tqdm(total=len(clips) * len(args.configs) * len(args.concurrency), desc="served", unit="row")
         try:
-            for name, audio, key, concurrency in tqdm(plan, desc="served", unit="run"):
-                before, mark = served.stats(), sampler.mark()
-                latencies, wall = served.measure(audio, key, concurrency, args.rounds)
-                after = served.stats()
-                batches = after["batches"] - before["batches"]
-                row = {"config": key, "audio": name, "minutes": round(len(audio) / SAMPLE_RATE / 60, 3),
-                       "concurrency": concurrency, **summarise(latencies),
-                       "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / wall, 1),
-                       "mean_batch": round((after["items"] - before["items"]) / batches, 2) if batches else None,
-                       "gpu_util": sampler.util_since(mark)}
-                reference = raw_ms[(name, key)]
-                row.update({"raw_ms": round(reference["total_ms"], 1),
-                            "raw_vad_ms": round(reference["vad_ms"], 1), "raw_asr_ms": round(reference["asr_ms"], 1),
-                            "raw_align_ms": round(reference["align_ms"], 1),
-                            "served_over_raw": round(row["p50_ms"] / max(reference["total_ms"], 1e-6), 2)})
-                report["rows"].append(row)
-                _save_json(report, args)  # partial results survive an interrupted run
+            for name, audio in clips:
+                wav, pcm = encode(audio), (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+                for key in args.configs:
+                    report["rows"] += measure_config(served, raw, sampler, name, audio, wav, pcm, key, args,
+                                                     idle_raw[(name, key)], progress)
+                    _save_json(report, args)  # partial results survive an interrupted run
             report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
         finally:
+            progress.close()
             served.shutdown()
             sampler.stop()
         report["peak_rss_mb"] = {k: round(v) for k, v in sampler.peak_rss_mb.items()}
@@ -410,6 +405,50 @@ def main(argv: list[str] | None = None) -> dict:
         plot(report, json_path.with_name(f"{report['name']}.png"))
     print(markdown(report) if report["rows"] else json.dumps(report, indent=2))
     return report
+
+
+def measure_config(served: Served, raw: RawPipeline, sampler: ResourceSampler, name: str, audio: np.ndarray,
+                   wav: bytes, pcm: bytes, key: str, args, idle: dict, progress) -> list[dict]:
+    """Every concurrency of one (audio, configuration): rows of served latencies beside the raw reference.
+
+    At concurrency 1 each served request is paired with a raw in-process run right before it, so both see the
+    same machine (on a 2-core box Ray's own idle processes take a share of the CPU); the ratio uses those pairs.
+    The first request of each (audio, configuration) is a discarded warm-up on both sides.
+    """
+    config = CONFIGS[key]
+    served.measure(wav, pcm, key, 1)
+    raw.run(audio, config["vad"], config["timestamps"])
+    paired: list[dict] = []
+    rows = []
+    for concurrency in args.concurrency:
+        before, mark = served.stats(), sampler.mark()
+        latencies, wall = [], 0.0
+        for _ in range(args.rounds):
+            if concurrency == 1:
+                paired.append(raw.run(audio, config["vad"], config["timestamps"]))
+            round_latencies, round_wall = served.measure(wav, pcm, key, concurrency)
+            latencies += round_latencies
+            wall += round_wall
+        after = served.stats()
+        batches = after["batches"] - before["batches"]
+        reference = _stage_medians(paired) if paired else idle
+        row = {"config": key, "audio": name, "minutes": round(len(audio) / SAMPLE_RATE / 60, 3),
+               "concurrency": concurrency, **summarise(latencies),
+               "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / wall, 1),
+               "mean_batch": round((after["items"] - before["items"]) / batches, 2) if batches else None,
+               "served_model_ms": round((after["model_seconds"] - before["model_seconds"]) * 1000 / len(latencies), 1),
+               "gpu_util": sampler.util_since(mark),
+               "raw_ms": round(reference["total_ms"], 1), "raw_vad_ms": round(reference["vad_ms"], 1),
+               "raw_asr_ms": round(reference["asr_ms"], 1), "raw_align_ms": round(reference["align_ms"], 1),
+               "raw_paired": bool(paired), "raw_quiet_machine_ms": round(idle["total_ms"], 1),
+               "served_over_raw": round(statistics.median(latencies) / max(reference["total_ms"], 1e-6), 2)}
+        rows.append(row)
+        progress.update()
+    return rows
+
+
+def _stage_medians(runs: list[dict]) -> dict:
+    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
 
 
 def _save_json(report: dict, args) -> Path:

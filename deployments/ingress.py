@@ -125,24 +125,55 @@ class Ingress:
         audio = await asyncio.to_thread(audio_io.decode, data)
         return audio, audio_io.validate(audio, self.settings.limits)
 
-    async def _speech_segments(self, audio_ref, total_samples: int, vad: bool) -> list[SpeechSegment]:
+    async def _speech_segments(self, audio_ref, total_samples: int, vad: bool
+                               ) -> AsyncIterator[list[SpeechSegment]]:
+        """Segments as the Segmenter finds them (VAD on), or the whole file as one segment (VAD off)."""
         if not vad:
-            return whole_file(total_samples)
-        return await _downstream(self.segmenter.segments.remote(audio_ref))
+            yield whole_file(total_samples)
+            return
+        stream = self.segmenter.options(stream=True).segments_stream.remote(audio_ref)
+        try:
+            while True:
+                try:
+                    found = await _downstream(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield found
+        finally:
+            stream.cancel()
 
     async def _run(self, audio: np.ndarray, duration: float, timestamps: bool, vad: bool,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> TranscriptionResult:
-        """The graph for one request. ``on_text`` receives each segment's text, in order, as soon as it is ready."""
+        """The graph for one request. ``on_text`` receives each segment's text, in order, as soon as it is ready.
+
+        Each segment goes to the Transcriber the moment the Segmenter hands it out, so transcription overlaps
+        VAD; results are collected in order.
+        """
         audio_ref = ray.put(audio)  # once; every downstream call gets the reference, not the samples
-        segments = await self._speech_segments(audio_ref, len(audio), vad)
-        calls = [self.transcriber.transcribe.remote(audio_ref, s.start, s.end) for s in segments]
+        issued: asyncio.Queue = asyncio.Queue()  # (segment, call) in order; None once VAD is done
+        calls = []
+
+        async def fan_out() -> None:
+            try:
+                async for found in self._speech_segments(audio_ref, len(audio), vad):
+                    for segment in found:
+                        calls.append(self.transcriber.transcribe.remote(audio_ref, segment.start, segment.end))
+                        issued.put_nowait((segment, calls[-1]))
+            finally:
+                issued.put_nowait(None)
+
+        producer = asyncio.create_task(fan_out())
+        segments: list[SpeechSegment] = []
         tokens: list[SegmentTokens] = []
         try:
-            for call in calls:  # issued concurrently above; collected in order
-                tokens.append(await _downstream(call))
+            while (item := await issued.get()) is not None:
+                segments.append(item[0])
+                tokens.append(await _downstream(item[1]))
                 if on_text is not None and tokens[-1].text:
                     await on_text(tokens[-1].text)
+            await producer  # a VAD failure surfaces here
         except BaseException:
+            producer.cancel()
             for call in calls:
                 call.cancel()
             raise

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator
 
 import numpy as np
 from ray import serve
@@ -25,11 +27,29 @@ class Segmenter:
         self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD")
 
     async def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
+        """Every speech segment of the file at once."""
+        found: list[SpeechSegment] = []
+        async for batch in self.segments_stream(audio):
+            found += batch
+        return found
+
+    async def segments_stream(self, audio: np.ndarray) -> AsyncIterator[list[SpeechSegment]]:
+        """The same segments, streamed as soon as each is final (``handle.options(stream=True)``), so the caller
+        can start transcribing while VAD reads the rest of the file. Each VAD step runs on a worker thread."""
         if not isinstance(audio, np.ndarray) or audio.ndim != 1:
             raise InvalidRequest("The Segmenter takes mono 16 kHz samples.", code="invalid_audio_array")
         self._audio_seconds.inc(len(audio) / 16000)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.detector.segments, audio)
+        steps = self.detector.iter_segments(audio)
+        try:
+            while (found := await loop.run_in_executor(self._executor, next, steps, None)) is not None:
+                if found:
+                    yield found
+        finally:
+            # a cancelled request stops reading its file (if a step is running on its thread right now, that one
+            # block finishes and the generator is dropped)
+            with contextlib.suppress(ValueError):
+                steps.close()
 
     def ready(self) -> bool:
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,9 +40,12 @@ class Transcriber:
         self.batches = 0
         self.items = 0
         self.batch_sizes: dict[int, int] = {}
+        self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
         self._batch_size_metric = Histogram("parakeet_batch_size", "Segments per model batch",
                                             boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32])
         self._audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model")
+        self._batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
+                                        boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
         self.reconfigure({"max_batch_size": settings.max_batch_size, "batch_wait_timeout_s": settings.batch_ms / 1000})
         if settings.warmup:
             self._warm_up()
@@ -83,11 +87,21 @@ class Transcriber:
         self._batch_size_metric.observe(len(segments))
         self._audio_seconds.inc(sum(len(s) for s in segments) / 16000)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, run_isolated, self.recognizer.transcribe, segments)
+        return await loop.run_in_executor(self._executor, self._run_batch, segments)
+
+    def _run_batch(self, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+        started = time.perf_counter()
+        try:
+            return run_isolated(self.recognizer.transcribe, segments)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.model_seconds += elapsed
+            self._batch_latency.observe(elapsed * 1000)
 
     def stats(self) -> dict:
         """Batching counters for tests and operators (per replica)."""
-        stats = {"batches": self.batches, "items": self.items, "batch_sizes": dict(self.batch_sizes)}
+        stats = {"batches": self.batches, "items": self.items, "batch_sizes": dict(self.batch_sizes),
+                 "model_seconds": self.model_seconds}
         if self.recognizer.device.startswith("cuda"):
             import torch
 

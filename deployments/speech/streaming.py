@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .parakeet_defaults import SAMPLE_RATE
 from .settings import VadSettings
-from .vad import CONTEXT_SAMPLES, WINDOW_SAMPLES
+from .vad import WINDOW_SAMPLES, OnnxVadState
 
 
 class StreamConfig(BaseModel):
@@ -52,7 +52,7 @@ class StreamSegmenter:
     def __init__(self, settings: VadSettings, session, partial_interval_ms: int, partials: bool = True,
                  end_of_utterance_ms: int = 800):
         self.settings = settings
-        self.session = session  # onnxruntime.InferenceSession of the silero sequence model
+        self.vad = OnnxVadState(session)  # this connection's LSTM state over the shared ONNX session
         self.partial_every = int(partial_interval_ms * SAMPLE_RATE / 1000) if partials else 0
         self.pad = int(settings.speech_pad_ms * SAMPLE_RATE / 1000)
         self.min_speech = int(settings.min_speech_duration_ms * SAMPLE_RATE / 1000)
@@ -62,9 +62,6 @@ class StreamSegmenter:
         self.windows_done = 0  # windows whose probability is known
         self.probs: list[float] = []  # probabilities from window ``self.scan_from`` on
         self.scan_from = 0
-        self.hidden = np.zeros((1, 1, 128), np.float32)
-        self.cell = np.zeros((1, 1, 128), np.float32)
-        self.context = np.zeros(CONTEXT_SAMPLES, np.float32)
         self.next_id = 0
         self.last_partial_at = 0
         # VAD segments closer than this join one utterance (as the offline path merges them): finals carry whole
@@ -103,17 +100,7 @@ class StreamSegmenter:
         if count <= 0:
             return
         first = self.windows_done * WINDOW_SAMPLES - self.base
-        frames = np.zeros((count, WINDOW_SAMPLES), np.float32)
-        chunk = self.buffer[first:first + count * WINDOW_SAMPLES]
-        frames.reshape(-1)[:chunk.size] = chunk
-        contexts = np.empty((count, CONTEXT_SAMPLES), np.float32)
-        contexts[0] = self.context
-        contexts[1:] = frames[:-1, -CONTEXT_SAMPLES:]
-        self.context = frames[-1, -CONTEXT_SAMPLES:].copy()
-        block = np.concatenate([contexts, frames], axis=1)
-        probs, self.hidden, self.cell = self.session.run(
-            ["speech_probs", "hn", "cn"], {"input": block, "h": self.hidden, "c": self.cell})
-        self.probs.extend(np.asarray(probs).reshape(-1).tolist())
+        self.probs.extend(self.vad.forward(self.buffer[first:first + count * WINDOW_SAMPLES]).tolist())
         self.windows_done += count
 
     def _segments(self, length_samples: int) -> list[dict]:

@@ -5,6 +5,10 @@ bit-identical probabilities to the stock one-window-at-a-time loop, and the stat
 ``get_speech_timestamps_from_probs`` that turns probabilities into segments. We use both as they are, then shape the
 segments for the recogniser: adjacent short segments are merged (fewer, fuller model inputs) and nothing is longer
 than ``max_segment_s`` (silero cuts over-long speech at its longest pause).
+
+The file is read in growing blocks and each segment is handed out as soon as it is final
+(``SpeechDetector.iter_segments``, via ``segmentation.SpeechTimeline``), so transcription of the first phrases
+overlaps VAD of the rest; the segments are exactly those of one pass over the whole file.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from __future__ import annotations
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .parakeet_defaults import SAMPLE_RATE
 from .schemas import SpeechSegment
+from .segmentation import WINDOW_SAMPLES, SpeechTimeline
 from .settings import VadSettings
 
-WINDOW_SAMPLES = 512  # one Silero window at 16 kHz (32 ms)
-CONTEXT_SAMPLES = 64
+CONTEXT_SAMPLES = 64  # each window also sees the previous window's last 64 samples
+STATE_SHAPE = (1, 1, 128)
 
 
 def silero_model_path(name: str = "silero_vad_16k_sequence.onnx") -> Path:
@@ -28,6 +34,34 @@ def silero_model_path(name: str = "silero_vad_16k_sequence.onnx") -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("The silero-vad package is not installed (pip install silero-vad).")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / name
+
+
+class OnnxVadState:
+    """Silero's sequence model over consecutive pieces of one audio, LSTM state and context carried between calls,
+    so the probabilities equal those of one pass over the whole (the per-connection state of a live stream too)."""
+
+    def __init__(self, session):
+        self.session = session  # onnxruntime.InferenceSession: stateless and thread-safe, shared
+        self.hidden = np.zeros(STATE_SHAPE, np.float32)
+        self.cell = np.zeros(STATE_SHAPE, np.float32)
+        self.context = np.zeros(CONTEXT_SAMPLES, np.float32)
+
+    def forward(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities of the ``ceil(len / 512)`` windows of ``samples``; only the audio's last piece may end in
+        a partial window (it is zero-padded, as silero does)."""
+        count = -(-len(samples) // WINDOW_SAMPLES)
+        if count == 0:
+            return np.zeros(0, np.float32)
+        frames = np.zeros((count, WINDOW_SAMPLES), np.float32)
+        frames.reshape(-1)[:len(samples)] = samples
+        contexts = np.empty((count, CONTEXT_SAMPLES), np.float32)
+        contexts[0] = self.context
+        contexts[1:] = frames[:-1, -CONTEXT_SAMPLES:]
+        self.context = frames[-1, -CONTEXT_SAMPLES:].copy()
+        probs, self.hidden, self.cell = self.session.run(
+            ["speech_probs", "hn", "cn"],
+            {"input": np.concatenate([contexts, frames], axis=1), "h": self.hidden, "c": self.cell})
+        return np.asarray(probs).reshape(-1)
 
 
 class SpeechDetector:
@@ -64,26 +98,30 @@ class SpeechDetector:
 
         return np.concatenate(list(self._chunk_pool.map(run, range(0, len(audio), chunk))))
 
+    def iter_segments(self, audio: np.ndarray) -> Iterator[list[SpeechSegment]]:
+        """Lists of final segments, in order, as VAD reads through the file (an empty list only at the end).
+
+        Every segment is exactly what one pass over the whole file gives; it is handed out as soon as nothing
+        later in the file can change it, so the caller can transcribe it while VAD reads on.
+        """
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        timeline = SpeechTimeline(self.settings)
+        if self._chunk_pool is not None and len(audio) > 1.5 * self.settings.parallel_chunk_s * SAMPLE_RATE:
+            yield timeline.push(self.probabilities(audio).tolist()) + timeline.finish(len(audio))
+            return
+        # Blocks of frames_per_call windows (32.8 s by default): the first segments come after ~30 ms of VAD and
+        # arrive several at a time, so the Transcriber's batches still fill (smaller first blocks were measured:
+        # on CPU the smaller batches they caused cost more than the earlier start saved).
+        state = OnnxVadState(self.model.session)
+        block = self.settings.frames_per_call * WINDOW_SAMPLES
+        for position in range(0, len(audio), block):
+            found = timeline.push(state.forward(audio[position:position + block]).tolist())
+            if found:
+                yield found
+        yield timeline.finish(len(audio))
+
     def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
-        return self.segments_from_probabilities(self.probabilities(audio), len(audio))
-
-    def segments_from_probabilities(self, probabilities: np.ndarray, total_samples: int) -> list[SpeechSegment]:
-        from silero_vad import get_speech_timestamps_from_probs
-
-        s = self.settings
-        raw = get_speech_timestamps_from_probs(
-            probabilities.tolist(),
-            sampling_rate=SAMPLE_RATE,
-            threshold=s.threshold,
-            neg_threshold=s.neg_threshold,
-            min_speech_duration_ms=s.min_speech_duration_ms,
-            min_silence_duration_ms=s.min_silence_duration_ms,
-            speech_pad_ms=s.speech_pad_ms,
-            max_speech_duration_s=s.max_segment_s,
-            audio_length_samples=total_samples,
-        )
-        segments = [SpeechSegment(start=int(r["start"]), end=int(r["end"])) for r in raw]
-        return merge_segments(segments, int(s.merge_up_to_s * SAMPLE_RATE), int(s.merge_max_gap_s * SAMPLE_RATE))
+        return [segment for found in self.iter_segments(audio) for segment in found]
 
 
 def merge_segments(segments: list[SpeechSegment], up_to_samples: int, max_gap_samples: int) -> list[SpeechSegment]:

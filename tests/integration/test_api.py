@@ -198,6 +198,24 @@ def test_vad_on_skips_silence_and_vad_off_sends_the_whole_file(app):
     assert inputs == 1 and without_vad, "without VAD the whole file is one model input"
 
 
+def test_segments_are_handed_to_the_transcriber_while_vad_reads_on(app):
+    from deployments.speech.settings import VadSettings
+    from deployments.speech.vad import SpeechDetector
+
+    rng = random.Random(21)
+    talk = long_recording(random_phrases(rng, 30), rng, phrase_gap_s=(0.3, 3.0))
+    assert talk.duration > 70  # more than two VAD blocks of 32.8 s
+    segmenter = app.deployment("Segmenter")
+    batches = list(segmenter.options(stream=True).segments_stream.remote(talk.audio))
+    assert len(batches) >= 2, "segments come out block by block, not after the whole file"
+    streamed = [(s.start, s.end) for batch in batches for s in batch]
+    whole_pass = [(s.start, s.end) for s in SpeechDetector(VadSettings()).segments(talk.audio)]
+    assert streamed == whole_pass == [(s.start, s.end) for s in segmenter.segments.remote(talk.audio).result()]
+    before = app.deployment("Transcriber").stats.remote().result()["items"]
+    app.handle().transcribe.remote(talk.audio, sample_rate=SAMPLE_RATE).result(timeout_s=120)
+    assert app.deployment("Transcriber").stats.remote().result()["items"] - before == len(streamed)
+
+
 # ---------------------------------------------------------------- batching and isolation
 
 def test_concurrent_requests_batch_and_return_to_their_callers(app):

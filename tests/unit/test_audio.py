@@ -86,3 +86,16 @@ def test_pcm16():
     assert audio.pcm16_to_float(data).tolist() == [0.0, 0.5, -1.0]
     with pytest.raises(InvalidRequest):
         audio.pcm16_to_float(b"\x00\x01\x02")
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT", "PCM_U8"])
+def test_16k_mono_wav_fast_path_gives_ffmpegs_samples(subtype, monkeypatch):
+    speechlike = (0.4 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
+    wav = encode(speechlike, "WAV", 16000, subtype)
+    fast = audio.decode(wav)
+    monkeypatch.setattr(audio, "_decode_wav_16k_mono", lambda data: None)  # force the FFmpeg path
+    through_ffmpeg = audio.decode(wav)
+    monkeypatch.undo()
+    assert audio._decode_wav_16k_mono(wav) is not None  # so `fast` came from libsndfile
+    assert fast.dtype == np.float32 and len(fast) == len(through_ffmpeg) == 16000
+    np.testing.assert_allclose(fast, through_ffmpeg, atol=1e-6)
