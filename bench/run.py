@@ -165,10 +165,6 @@ class ResourceSampler(threading.Thread):
     def mark(self) -> int:
         return len(self.gpu_util)
 
-    def util_since(self, mark: int) -> float | None:
-        window = self.gpu_util[mark:]
-        return round(statistics.mean(window), 1) if window else None
-
     def stop(self) -> None:
         self._stop.set()
 
@@ -386,11 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
         progress = tqdm(total=len(clips) * len(args.configs) * len(args.concurrency), desc="served", unit="row")
         try:
             for name, audio in clips:
-                wav, pcm = encode(audio), (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-                for key in args.configs:
-                    report["rows"] += measure_config(served, raw, sampler, name, audio, wav, pcm, key, args,
-                                                     idle_raw[(name, key)], progress)
-                    _save_json(report, args)  # partial results survive an interrupted run
+                idle = {key: idle_raw[(name, key)] for key in args.configs}
+                report["rows"] += measure_clip(served, raw, sampler, name, audio, args, idle, progress)
+                _save_json(report, args)  # partial results survive an interrupted run
             report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
         finally:
             progress.close()
@@ -407,43 +401,52 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def measure_config(served: Served, raw: RawPipeline, sampler: ResourceSampler, name: str, audio: np.ndarray,
-                   wav: bytes, pcm: bytes, key: str, args, idle: dict, progress) -> list[dict]:
-    """Every concurrency of one (audio, configuration): rows of served latencies beside the raw reference.
+def measure_clip(served: Served, raw: RawPipeline, sampler: ResourceSampler, name: str, audio: np.ndarray,
+                 args, idle: dict[str, dict], progress) -> list[dict]:
+    """Rows for every (configuration, concurrency) of one clip: served latencies beside the raw reference.
 
-    At concurrency 1 each served request is paired with a raw in-process run right before it, so both see the
-    same machine (on a 2-core box Ray's own idle processes take a share of the CPU); the ratio uses those pairs.
-    The first request of each (audio, configuration) is a discarded warm-up on both sides.
+    Rounds are interleaved (each round runs every configuration once) and, at concurrency 1, each served request
+    is paired with a raw in-process run right before it, so slow drifts of a noisy machine (on 2 cores, Ray's own
+    idle processes take a share of the CPU) hit both sides of every ratio alike. The first request of each
+    configuration is a discarded warm-up on both sides.
     """
-    config = CONFIGS[key]
-    served.measure(wav, pcm, key, 1)
-    raw.run(audio, config["vad"], config["timestamps"])
-    paired: list[dict] = []
+    wav, pcm = encode(audio), (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    for key in args.configs:
+        served.measure(wav, pcm, key, 1)
+        raw.run(audio, CONFIGS[key]["vad"], CONFIGS[key]["timestamps"])
     rows = []
     for concurrency in args.concurrency:
-        before, mark = served.stats(), sampler.mark()
-        latencies, wall = [], 0.0
+        runs = {key: {"latencies": [], "wall": 0.0, "paired": [], "items": 0, "batches": 0, "model_s": 0.0,
+                      "gpu": []} for key in args.configs}
         for _ in range(args.rounds):
-            if concurrency == 1:
-                paired.append(raw.run(audio, config["vad"], config["timestamps"]))
-            round_latencies, round_wall = served.measure(wav, pcm, key, concurrency)
-            latencies += round_latencies
-            wall += round_wall
-        after = served.stats()
-        batches = after["batches"] - before["batches"]
-        reference = _stage_medians(paired) if paired else idle
-        row = {"config": key, "audio": name, "minutes": round(len(audio) / SAMPLE_RATE / 60, 3),
-               "concurrency": concurrency, **summarise(latencies),
-               "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / wall, 1),
-               "mean_batch": round((after["items"] - before["items"]) / batches, 2) if batches else None,
-               "served_model_ms": round((after["model_seconds"] - before["model_seconds"]) * 1000 / len(latencies), 1),
-               "gpu_util": sampler.util_since(mark),
-               "raw_ms": round(reference["total_ms"], 1), "raw_vad_ms": round(reference["vad_ms"], 1),
-               "raw_asr_ms": round(reference["asr_ms"], 1), "raw_align_ms": round(reference["align_ms"], 1),
-               "raw_paired": bool(paired), "raw_quiet_machine_ms": round(idle["total_ms"], 1),
-               "served_over_raw": round(statistics.median(latencies) / max(reference["total_ms"], 1e-6), 2)}
-        rows.append(row)
-        progress.update()
+            for key in args.configs:
+                run, config = runs[key], CONFIGS[key]
+                if concurrency == 1:
+                    run["paired"].append(raw.run(audio, config["vad"], config["timestamps"]))
+                before, mark = served.stats(), sampler.mark()
+                latencies, wall = served.measure(wav, pcm, key, concurrency)
+                after = served.stats()
+                run["latencies"] += latencies
+                run["wall"] += wall
+                run["items"] += after["items"] - before["items"]
+                run["batches"] += after["batches"] - before["batches"]
+                run["model_s"] += after["model_seconds"] - before["model_seconds"]
+                run["gpu"] += sampler.gpu_util[mark:]
+        for key, run in runs.items():
+            reference = _stage_medians(run["paired"]) if run["paired"] else idle[key]
+            latencies = run["latencies"]
+            rows.append({
+                "config": key, "audio": name, "minutes": round(len(audio) / SAMPLE_RATE / 60, 3),
+                "concurrency": concurrency, **summarise(latencies),
+                "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / run["wall"], 1),
+                "mean_batch": round(run["items"] / run["batches"], 2) if run["batches"] else None,
+                "served_model_ms": round(run["model_s"] * 1000 / len(latencies), 1),
+                "gpu_util": round(statistics.mean(run["gpu"]), 1) if run["gpu"] else None,
+                "raw_ms": round(reference["total_ms"], 1), "raw_vad_ms": round(reference["vad_ms"], 1),
+                "raw_asr_ms": round(reference["asr_ms"], 1), "raw_align_ms": round(reference["align_ms"], 1),
+                "raw_paired": bool(run["paired"]), "raw_quiet_machine_ms": round(idle[key]["total_ms"], 1),
+                "served_over_raw": round(statistics.median(latencies) / max(reference["total_ms"], 1e-6), 2)})
+            progress.update()
     return rows
 
 
