@@ -186,10 +186,15 @@ class Served:
                              "vad": vad, "transcriber_cpus": transcriber_cpus}),
                   name="parakeet", route_prefix="/")
         self.url = f"http://127.0.0.1:{self.port}"
-        self.transcriber = serve.get_deployment_handle("Transcriber", app_name="parakeet")
+        self.handles = {name: serve.get_deployment_handle(name, app_name="parakeet")
+                        for name in ("Transcriber", "Segmenter", "Aligner")}
 
     def stats(self) -> dict:
-        return self.transcriber.stats.remote().result()
+        """Counters of the (single) replica of each deployment: batches, items, seconds spent in each stage."""
+        merged: dict = {}
+        for handle in self.handles.values():
+            merged.update(handle.stats.remote().result())
+        return merged
 
     async def one(self, client, wav: bytes, config: dict) -> float:
         started = time.perf_counter()
@@ -277,13 +282,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {config['label']} | " + " | ".join(cells) + " |")
     lines += ["", "All runs:", "",
               "| config | min | conc. | p50 ms | p95 ms | avg ms | audio s/s | served/raw | raw ms (quiet) | batch | "
-              "served model ms | raw VAD ms | raw ASR ms | raw align ms | GPU util % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "VAD / model / align ms, served | VAD / ASR / align ms, raw | GPU util % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['minutes']:g} | {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['avg_ms']} | {r['throughput_x']} | {r['served_over_raw']} | {r['raw_ms']} "
-                     f"({r.get('raw_quiet_machine_ms', '-')}) | {r['mean_batch']} | {r.get('served_model_ms', '-')} | "
-                     f"{r['raw_vad_ms']} | {r['raw_asr_ms']} | {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
+                     f"({r.get('raw_quiet_machine_ms', '-')}) | {r['mean_batch']} | "
+                     f"{r.get('served_vad_ms', '-')} / {r.get('served_model_ms', '-')} / {r.get('served_align_ms', '-')} | "
+                     f"{r['raw_vad_ms']} / {r['raw_asr_ms']} / {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]
     for name, value in extra.items():
@@ -416,8 +422,8 @@ def measure_clip(served: Served, raw: RawPipeline, sampler: ResourceSampler, nam
         raw.run(audio, CONFIGS[key]["vad"], CONFIGS[key]["timestamps"])
     rows = []
     for concurrency in args.concurrency:
-        runs = {key: {"latencies": [], "wall": 0.0, "paired": [], "items": 0, "batches": 0, "model_s": 0.0,
-                      "gpu": []} for key in args.configs}
+        runs = {key: {"latencies": [], "wall": 0.0, "paired": [], "items": 0, "batches": 0, "model_seconds": 0.0,
+                      "vad_seconds": 0.0, "align_seconds": 0.0, "gpu": []} for key in args.configs}
         for _ in range(args.rounds):
             for key in args.configs:
                 run, config = runs[key], CONFIGS[key]
@@ -428,9 +434,8 @@ def measure_clip(served: Served, raw: RawPipeline, sampler: ResourceSampler, nam
                 after = served.stats()
                 run["latencies"] += latencies
                 run["wall"] += wall
-                run["items"] += after["items"] - before["items"]
-                run["batches"] += after["batches"] - before["batches"]
-                run["model_s"] += after["model_seconds"] - before["model_seconds"]
+                for counter in ("items", "batches", "model_seconds", "vad_seconds", "align_seconds"):
+                    run[counter] += after[counter] - before[counter]
                 run["gpu"] += sampler.gpu_util[mark:]
         for key, run in runs.items():
             reference = _stage_medians(run["paired"]) if run["paired"] else idle[key]
@@ -440,7 +445,9 @@ def measure_clip(served: Served, raw: RawPipeline, sampler: ResourceSampler, nam
                 "concurrency": concurrency, **summarise(latencies),
                 "throughput_x": round(len(latencies) * len(audio) / SAMPLE_RATE / run["wall"], 1),
                 "mean_batch": round(run["items"] / run["batches"], 2) if run["batches"] else None,
-                "served_model_ms": round(run["model_s"] * 1000 / len(latencies), 1),
+                # served time per stage, per request (at concurrency > 1 a batch's time is shared by its items)
+                **{f"served_{stage}_ms": round(run[f"{stage}_seconds"] * 1000 / len(latencies), 1)
+                   for stage in ("vad", "model", "align")},
                 "gpu_util": round(statistics.mean(run["gpu"]), 1) if run["gpu"] else None,
                 "raw_ms": round(reference["total_ms"], 1), "raw_vad_ms": round(reference["vad_ms"], 1),
                 "raw_asr_ms": round(reference["asr_ms"], 1), "raw_align_ms": round(reference["align_ms"], 1),

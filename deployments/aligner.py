@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ray import serve
 from ray.serve.metrics import Counter
 
@@ -13,16 +15,21 @@ from deployments.speech.timestamps import align
 class Aligner:
     def __init__(self):
         self.calls = 0
+        self.align_seconds = 0.0
         self._calls_metric = Counter("parakeet_aligner_calls", "Requests aligned (timestamps asked for)")
 
     def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
               ) -> tuple[list[Word], list[Segment]]:
         self.calls += 1
         self._calls_metric.inc()
-        return align(pieces, duration)
+        started = time.perf_counter()
+        try:
+            return align(pieces, duration)
+        finally:
+            self.align_seconds += time.perf_counter() - started
 
     def stats(self) -> dict:
-        return {"calls": self.calls}
+        return {"calls": self.calls, "align_seconds": self.align_seconds}
 
     def ready(self) -> bool:
         return True
