@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
@@ -27,6 +28,7 @@ class Segmenter:
         self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad")
         self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD")
         self.vad_seconds = 0.0  # time spent in VAD steps (operators; the benchmark's per-stage time)
+        self._stats_lock = threading.Lock()  # steps of concurrent files finish on different threads
 
     async def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
         """Every speech segment of the file at once."""
@@ -49,7 +51,8 @@ class Segmenter:
             try:
                 return next(steps, None)
             finally:
-                self.vad_seconds += time.perf_counter() - started
+                with self._stats_lock:
+                    self.vad_seconds += time.perf_counter() - started
 
         try:
             while (found := await loop.run_in_executor(self._executor, step)) is not None:

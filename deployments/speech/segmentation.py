@@ -105,10 +105,7 @@ class SpeechTimeline:
             self.current["end"] = self.temp_end
             if self.current["end"] - self.current["start"] > self.min_speech:
                 self.raw.append(self.current)
-            self.current = {}
-            self.prev_end = self.next_start = self.temp_end = 0
-            self.triggered = False
-            self.possible_ends = []
+            self._untrigger()
 
     def _cut_at_longest_pause(self, sample: int) -> None:
         # silero's default (use_max_poss_sil_at_max_speech=True) path; without a pause it cuts where it is
@@ -127,10 +124,14 @@ class SpeechTimeline:
         else:  # (silero's legacy prev_end branch is unreachable here: prev_end is never left set on this path)
             self.current["end"] = sample
             self.raw.append(self.current)
-            self.current = {}
-            self.prev_end = self.next_start = self.temp_end = 0
-            self.triggered = False
-            self.possible_ends = []
+            self._untrigger()
+
+    def _untrigger(self) -> None:
+        """Back to silero's initial state: a scan may restart here as if the file began now."""
+        self.current = {}
+        self.prev_end = self.next_start = self.temp_end = 0
+        self.triggered = False
+        self.possible_ends = []
 
     # ------------------------------------------------------------------ padding and merging
 

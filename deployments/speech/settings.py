@@ -30,7 +30,8 @@ class VadSettings(BaseModel):
     merge_up_to_s: float = Field(
         12.0, ge=0, description="adjacent segments are merged while the result stays this short (0: never)")
     merge_max_gap_s: float = Field(1.5, ge=0, description="segments further apart than this are never merged")
-    frames_per_call: int = Field(1024, ge=16, description="32 ms windows per ONNX call (many windows per call)")
+    frames_per_call: int = Field(1024, ge=16, description="32 ms windows per ONNX call; the segments found in each "
+                                                          "such block are handed to the Transcriber at once")
     threads: int = Field(1, ge=1, description="VAD threads per Segmenter replica (ONNX frees the GIL); give the "
                                               "replica as many CPUs")
     parallel_chunk_s: float = Field(
