@@ -29,6 +29,7 @@ from deployments.requests import LegacyRequest, OpenAIRequest
 from deployments.speech import audio as audio_io
 from deployments.speech import formats
 from deployments.speech.errors import ApiError, InternalError, InvalidRequest, Overloaded, PayloadTooLarge
+from deployments.speech.fan_out import transcribe_as_found
 from deployments.speech.live import stream_events
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.schemas import SegmentTokens, SpeechSegment, TranscriptionResult
@@ -150,33 +151,10 @@ class Ingress:
         VAD; results are collected in order.
         """
         audio_ref = ray.put(audio)  # once; every downstream call gets the reference, not the samples
-        issued: asyncio.Queue = asyncio.Queue()  # (segment, call) in order; None once VAD is done
-        calls = []
-
-        async def fan_out() -> None:
-            try:
-                async for found in self._speech_segments(audio_ref, len(audio), vad):
-                    for segment in found:
-                        calls.append(self.transcriber.transcribe.remote(audio_ref, segment.start, segment.end))
-                        issued.put_nowait((segment, calls[-1]))
-            finally:
-                issued.put_nowait(None)
-
-        producer = asyncio.create_task(fan_out())
-        segments: list[SpeechSegment] = []
-        tokens: list[SegmentTokens] = []
-        try:
-            while (item := await issued.get()) is not None:
-                segments.append(item[0])
-                tokens.append(await _downstream(item[1]))
-                if on_text is not None and tokens[-1].text:
-                    await on_text(tokens[-1].text)
-            await producer  # a VAD failure surfaces here
-        except BaseException:
-            producer.cancel()
-            for call in calls:
-                call.cancel()
-            raise
+        segments, tokens = await transcribe_as_found(
+            self._speech_segments(audio_ref, len(audio), vad),
+            issue=lambda segment: self.transcriber.transcribe.remote(audio_ref, segment.start, segment.end),
+            collect=_downstream, on_text=on_text)
         result = TranscriptionResult(duration=round(duration, 3), text=join_text([t.text for t in tokens]))
         if timestamps:
             pieces = [(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)]
