@@ -21,6 +21,17 @@ class FakeCall:
         self.result.cancel()
 
 
+class FakeModel:
+    """Stands in for the Transcriber's handle: every started call is kept for the test to resolve or inspect."""
+
+    def __init__(self):
+        self.calls: list[FakeCall] = []
+
+    def issue(self, seg: SpeechSegment) -> FakeCall:
+        self.calls.append(FakeCall(seg))
+        return self.calls[-1]
+
+
 def segment(index: int) -> SpeechSegment:
     return SpeechSegment(start=index * 100, end=index * 100 + 50)
 
@@ -39,17 +50,11 @@ async def until(condition) -> None:
 
 def test_the_first_segments_are_issued_before_vad_finishes_and_results_keep_their_order():
     async def scenario():
-        issued: list[FakeCall] = []
-        first_issued = asyncio.Event()
-
-        def issue(seg: SpeechSegment) -> FakeCall:
-            issued.append(FakeCall(seg))
-            first_issued.set()
-            return issued[-1]
+        model = FakeModel()
 
         async def vad():
             yield [segment(0), segment(1)]
-            await first_issued.wait()  # VAD only goes on once the model has work: no waiting for the whole file
+            await until(lambda: model.calls)  # VAD only goes on once the model has work: no waiting for the file
             yield [segment(2)]
 
         texts: list[str] = []
@@ -57,9 +62,9 @@ def test_the_first_segments_are_issued_before_vad_finishes_and_results_keep_thei
         async def on_text(text: str) -> None:
             texts.append(text)
 
-        task = asyncio.create_task(transcribe_as_found(vad(), issue, collect, on_text))
-        await until(lambda: len(issued) == 3)
-        for call in reversed(issued):  # the model finishes them in reverse order
+        task = asyncio.create_task(transcribe_as_found(vad(), model.issue, collect, on_text))
+        await until(lambda: len(model.calls) == 3)
+        for call in reversed(model.calls):  # the model finishes them in reverse order
             call.result.set_result(SegmentTokens(text=f"s{call.segment.start // 100}"))
         segments, tokens = await asyncio.wait_for(task, 5)
         assert [s.start for s in segments] == [0, 100, 200]
@@ -70,12 +75,7 @@ def test_the_first_segments_are_issued_before_vad_finishes_and_results_keep_thei
 
 def test_a_vad_failure_fails_at_once_and_cancels_the_calls_already_issued():
     async def scenario():
-        issued: list[FakeCall] = []
-
-        def issue(seg: SpeechSegment) -> FakeCall:
-            issued.append(FakeCall(seg))
-            return issued[-1]
-
+        model = FakeModel()
         waiting = asyncio.Event()
 
         async def collect_and_tell(call: FakeCall) -> SegmentTokens:
@@ -89,20 +89,16 @@ def test_a_vad_failure_fails_at_once_and_cancels_the_calls_already_issued():
 
         # no model call ever finishes: the error must not wait for them
         with pytest.raises(RuntimeError, match="VAD worker died"):
-            await asyncio.wait_for(transcribe_as_found(vad(), issue, collect_and_tell), 5)
-        assert len(issued) == 2 and all(call.cancelled for call in issued)
+            await asyncio.wait_for(transcribe_as_found(vad(), model.issue, collect_and_tell), 5)
+        assert len(model.calls) == 2 and all(call.cancelled for call in model.calls)
 
     asyncio.run(scenario())
 
 
 def test_a_failed_segment_stops_vad_and_cancels_the_others():
     async def scenario():
-        issued: list[FakeCall] = []
+        model = FakeModel()
         vad_closed = asyncio.Event()
-
-        def issue(seg: SpeechSegment) -> FakeCall:
-            issued.append(FakeCall(seg))
-            return issued[-1]
 
         async def vad():
             try:
@@ -111,12 +107,12 @@ def test_a_failed_segment_stops_vad_and_cancels_the_others():
             finally:
                 vad_closed.set()
 
-        task = asyncio.create_task(transcribe_as_found(vad(), issue, collect))
-        await until(lambda: len(issued) == 2)
-        issued[0].result.set_exception(ValueError("bad segment"))
+        task = asyncio.create_task(transcribe_as_found(vad(), model.issue, collect))
+        await until(lambda: len(model.calls) == 2)
+        model.calls[0].result.set_exception(ValueError("bad segment"))
         with pytest.raises(ValueError, match="bad segment"):
             await asyncio.wait_for(task, 5)
         await asyncio.wait_for(vad_closed.wait(), 5)
-        assert issued[1].cancelled
+        assert model.calls[1].cancelled
 
     asyncio.run(scenario())
