@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--batch-ms", type=float, default=15)
     parser.add_argument("--vad-threads", type=int, default=1, help="VAD threads of the Segmenter replica")
+    parser.add_argument("--vad-onnx-threads", type=int, default=1, help="ONNX threads inside each VAD call")
     parser.add_argument("--transcriber-cpus", type=int, default=1,
                         help="torch threads of the served Transcriber and of the raw reference alike")
     parser.add_argument("--vad-chunk-s", type=float, default=0.0,
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     clips = ([(Path(a).name, load_user_audio(Path(a))) for a in args.audio] if args.audio else
              [(f"{m:g}min", synthetic_speech(m * 60, seed=int(m * 60))) for m in args.minutes])
 
-    vad = {"threads": args.vad_threads, "parallel_chunk_s": args.vad_chunk_s}
+    vad = {"threads": args.vad_threads, "onnx_threads": args.vad_onnx_threads, "parallel_chunk_s": args.vad_chunk_s}
     raw = RawPipeline(path, device, args.max_batch_size, vad, threads=args.transcriber_cpus)
     # the reference on a quiet machine, before Ray starts (reported beside the paired numbers below)
     idle_raw: dict[tuple, dict] = {}

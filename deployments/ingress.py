@@ -114,7 +114,7 @@ class Ingress:
         from deployments.speech.vad import SpeechDetector
 
         # Live streams run VAD here, per connection; the ONNX session itself is stateless and thread-safe.
-        self._vad_session = SpeechDetector(settings.vad).model.session
+        self._vad_session = SpeechDetector(settings.vad).session
         self._streams = Counter("parakeet_streams", "WebSocket and handle streams", tag_keys=("outcome",))
         self._latency = Histogram("parakeet_request_latency_ms", "End-to-end request latency",
                                   boundaries=[50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000],

@@ -1,14 +1,14 @@
 """Speech segmentation with Silero VAD's ONNX sequence model (many 32 ms windows per ONNX call).
 
 The ``silero-vad`` package ships a "sequence" export of its model that runs a whole block of windows per call with
-bit-identical probabilities to the stock one-window-at-a-time loop, and the state machine
-``get_speech_timestamps_from_probs`` that turns probabilities into segments. We use both as they are, then shape the
+bit-identical probabilities to the stock one-window-at-a-time loop; we run it block by block with the LSTM state
+carried (``OnnxVadState``). Silero's state machine turns the probabilities into segments; we run it incrementally
+(``segmentation.SpeechTimeline``, checked against silero's ``get_speech_timestamps_from_probs``), then shape the
 segments for the recogniser: adjacent short segments are merged (fewer, fuller model inputs) and nothing is longer
 than ``max_segment_s`` (silero cuts over-long speech at its longest pause).
 
-The file is read in growing blocks and each segment is handed out as soon as it is final
-(``SpeechDetector.iter_segments``, via ``segmentation.SpeechTimeline``), so transcription of the first phrases
-overlaps VAD of the rest; the segments are exactly those of one pass over the whole file.
+Each segment is handed out as soon as it is final (``SpeechDetector.iter_segments``), so transcription of the first
+phrases overlaps VAD of the rest; the segments are exactly those of one pass over the whole file.
 """
 
 from __future__ import annotations
@@ -68,10 +68,16 @@ class SpeechDetector:
     """Stateless per call: one instance serves every request of a Segmenter replica."""
 
     def __init__(self, settings: VadSettings):
-        from silero_vad import SileroVADSequence
+        import onnxruntime
 
         self.settings = settings
-        self.model = SileroVADSequence(str(silero_model_path()), max_frames=settings.frames_per_call)
+        options = onnxruntime.SessionOptions()
+        # threads inside one call parallelise the convolutional front end over a block's windows; the results are
+        # bit-identical to one thread (checked in tests), so this only trades cores for one file's latency
+        options.intra_op_num_threads = settings.onnx_threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(silero_model_path()), sess_options=options,
+                                                    providers=["CPUExecutionProvider"])
         parallel = settings.threads > 1 and settings.parallel_chunk_s > 0
         self._chunk_pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad-chunk") \
             if parallel else None
@@ -88,15 +94,25 @@ class SpeechDetector:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         chunk = int(self.settings.parallel_chunk_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
         if self._chunk_pool is None or len(audio) <= 1.5 * chunk:
-            return self.model.audio_forward(audio)
+            return self._forward(audio)
         warmup = int(self.settings.warmup_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
 
         def run(start: int) -> np.ndarray:
             begin = max(0, start - warmup)
-            probs = self.model.audio_forward(audio[begin:start + chunk])
+            probs = self._forward(audio[begin:start + chunk])
             return probs[(start - begin) // WINDOW_SAMPLES:]
 
         return np.concatenate(list(self._chunk_pool.map(run, range(0, len(audio), chunk))))
+
+    def _blocks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
+        """Probabilities of ``frames_per_call`` windows at a time, in order, the LSTM state carried across."""
+        state = OnnxVadState(self.session)
+        block = self.settings.frames_per_call * WINDOW_SAMPLES
+        for position in range(0, len(audio), block):
+            yield state.forward(audio[position:position + block])
+
+    def _forward(self, audio: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros(0, np.float32), *self._blocks(audio)])
 
     def iter_segments(self, audio: np.ndarray) -> Iterator[list[SpeechSegment]]:
         """Lists of final segments, in order, as VAD reads through the file (an empty list only at the end).
@@ -112,10 +128,8 @@ class SpeechDetector:
         # Blocks of frames_per_call windows (32.8 s by default): the first segments come after ~30 ms of VAD and
         # arrive several at a time, so the Transcriber's batches still fill (smaller first blocks were measured:
         # on CPU the smaller batches they caused cost more than the earlier start saved).
-        state = OnnxVadState(self.model.session)
-        block = self.settings.frames_per_call * WINDOW_SAMPLES
-        for position in range(0, len(audio), block):
-            found = timeline.push(state.forward(audio[position:position + block]).tolist())
+        for probabilities in self._blocks(audio):
+            found = timeline.push(probabilities.tolist())
             if found:
                 yield found
         yield timeline.finish(len(audio))

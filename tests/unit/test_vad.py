@@ -67,3 +67,20 @@ def test_parallel_chunks_keep_the_sequential_segments_within_a_few_windows():
     assert len(parallel) == len(sequential)
     for a, b in zip(parallel, sequential):
         assert abs(a.start - b.start) <= 3 * 512 and abs(a.end - b.end) <= 3 * 512
+
+
+def test_onnx_threads_give_the_same_probabilities_and_segments(recording):
+    one, two = SpeechDetector(VadSettings(onnx_threads=1)), SpeechDetector(VadSettings(onnx_threads=2))
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_array_equal(one.probabilities(recording.audio), two.probabilities(recording.audio))
+    assert one.segments(recording.audio) == two.segments(recording.audio)
+
+
+def test_block_by_block_probabilities_equal_silero_sequence_model(recording):
+    from silero_vad import SileroVADSequence
+
+    from deployments.speech.vad import silero_model_path
+
+    reference = SileroVADSequence(str(silero_model_path()), max_frames=4096).audio_forward(recording.audio)
+    ours = SpeechDetector(VadSettings(frames_per_call=100)).probabilities(recording.audio)
+    np.testing.assert_array_equal(ours, reference)
