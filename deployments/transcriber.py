@@ -34,7 +34,7 @@ class Transcriber:
         self.settings = settings
         self.recognizer = ParakeetRecognizer.load(
             settings.model, device=settings.device, use_bf16=settings.use_bf16,
-            local_attention_above_s=settings.local_attention_above_s)
+            local_attention_above_s=settings.local_attention_above_s, max_batch_audio_s=settings.max_batch_audio_s)
         # One worker thread: model work is serialised and never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parakeet")
         self.batches = 0

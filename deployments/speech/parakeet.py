@@ -69,7 +69,8 @@ class ParakeetRecognizer:
     """
 
     def __init__(self, model, device: str, use_bf16: bool = True, local_attention_above_s: float = 600.0,
-                 local_attention_context: tuple[int, int] = (128, 128), max_padding_ratio: float = 1.5):
+                 local_attention_context: tuple[int, int] = (128, 128), max_padding_ratio: float = 1.5,
+                 max_batch_audio_s: float = 1200.0):
         import torch
 
         self.device = device
@@ -77,6 +78,7 @@ class ParakeetRecognizer:
         self.local_attention_above_s = local_attention_above_s
         self.local_attention_context = list(local_attention_context)
         self.max_padding_ratio = max_padding_ratio
+        self.max_batch_samples = int(max_batch_audio_s * SAMPLE_RATE)
         self._local_encoder = None
         self._lock = threading.Lock()
         self.dtype = torch.bfloat16 if (device.startswith("cuda") and use_bf16) else torch.float32
@@ -136,7 +138,9 @@ class ParakeetRecognizer:
         return self._local_encoder
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Group item indices so no sub-batch pads more than ``max_padding_ratio`` x its real audio.
+        """Group item indices so no sub-batch pads more than ``max_padding_ratio`` x its real audio, nor holds
+        more than ``max_batch_audio_s`` of padded audio (long files that arrive together run one after the other:
+        the model's memory grows with the batch's total length).
 
         Items are sorted by length first, so a short segment never waits on (or pads up to) a 15-minute file.
         """
@@ -147,7 +151,8 @@ class ParakeetRecognizer:
                 group = groups[-1]
                 longest = lengths[index]
                 real = sum(lengths[i] for i in group) + lengths[index]
-                if longest * (len(group) + 1) <= self.max_padding_ratio * real:
+                padded = longest * (len(group) + 1)
+                if padded <= self.max_padding_ratio * real and padded <= self.max_batch_samples:
                     group.append(index)
                     continue
             groups.append([index])

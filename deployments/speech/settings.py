@@ -91,6 +91,9 @@ class AppSettings(BaseSettings):
     transcriber_cpus: float = Field(1.0, gt=0, description="CPUs per Transcriber replica (sets torch threads)")
     batch_ms: float = Field(15.0, ge=0, description="batching window in ms (seed: 15)")
     max_batch_size: int = Field(4, ge=1, description="largest batch the Transcriber forms (seed: 4)")
+    max_batch_audio_s: float = Field(
+        1200.0, gt=0, description="a model batch holds at most this much (padded) audio; longer inputs that arrive "
+                                  "together run one after the other, which bounds the Transcriber's memory")
     warmup: bool = Field(True, description="run the largest batch once at start-up (CUDA graphs, allocator)")
     vad: VadSettings = Field(default_factory=VadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

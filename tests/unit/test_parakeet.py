@@ -36,6 +36,14 @@ def test_plan_batches_limits_padding(recognizer):
     assert [1] in groups and sorted(i for g in groups for i in g) == [0, 1, 2, 3]
 
 
+def test_plan_batches_caps_the_audio_in_one_batch(recognizer, monkeypatch):
+    minute = 16000 * 60
+    assert recognizer.plan_batches([15 * minute, 15 * minute]) == [[0], [1]]  # 30 padded minutes > 20
+    assert recognizer.plan_batches([9 * minute, 9 * minute]) == [[0, 1]]
+    monkeypatch.setattr(recognizer, "max_batch_samples", 16000 * 10)
+    assert recognizer.plan_batches([16000 * 4] * 3) == [[0, 1], [2]]
+
+
 def test_load_failure_is_one_clear_line(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         ParakeetRecognizer.load(str(tmp_path / "missing.nemo"))
