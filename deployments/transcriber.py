@@ -22,7 +22,7 @@ DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_BATCH_WAIT_S = 0.015
 
 
-@serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment(max_ongoing_requests=1024, health_check_period_s=10, health_check_timeout_s=30)
 class Transcriber:
     def __init__(self, settings: AppSettings):
         import torch

@@ -24,7 +24,8 @@ def test_serve_config_is_valid(monkeypatch):
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {"Ingress", "Segmenter", "Transcriber", "Aligner"}
     transcriber = deployments["Transcriber"]
-    assert transcriber.max_ongoing_requests >= settings.max_batch_size
+    # every segment of several long files in flight fits in the replica (no backlog in the callers' routers)
+    assert transcriber.max_ongoing_requests >= 1024 >= settings.max_batch_size
     assert transcriber.user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.015}
 
 
@@ -39,3 +40,5 @@ def test_build_app_on_a_cpu_machine_asks_for_no_gpu(monkeypatch):
     assert app_module.transcriber_gpus(AppSettings(transcriber_gpus=0.5)) == 0.5
     application = app_module.build_app({"model": "/models/x.nemo"})
     assert application is not None
+    transcriber = application._bound_deployment.init_args[1]  # Ingress.bind(segmenter, transcriber, ...)
+    assert transcriber._bound_deployment.max_ongoing_requests >= 1024
