@@ -92,9 +92,9 @@ class SpeechDetector:
         default (``parallel_chunk_s: 0``).
         """
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        chunk = int(self.settings.parallel_chunk_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
-        if self._chunk_pool is None or len(audio) <= 1.5 * chunk:
+        if not self._in_parallel_chunks(len(audio)):
             return self._forward(audio)
+        chunk = self._chunk_samples()
         warmup = int(self.settings.warmup_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
 
         def run(start: int) -> np.ndarray:
@@ -103,6 +103,13 @@ class SpeechDetector:
             return probs[(start - begin) // WINDOW_SAMPLES:]
 
         return np.concatenate(list(self._chunk_pool.map(run, range(0, len(audio), chunk))))
+
+    def _chunk_samples(self) -> int:
+        return int(self.settings.parallel_chunk_s * SAMPLE_RATE) // WINDOW_SAMPLES * WINDOW_SAMPLES
+
+    def _in_parallel_chunks(self, total_samples: int) -> bool:
+        """Parallel chunking is on and the file is long enough (over 1.5 chunks) to be cut up."""
+        return self._chunk_pool is not None and total_samples > 1.5 * self._chunk_samples()
 
     def _blocks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         """Probabilities of ``frames_per_call`` windows at a time, in order, the LSTM state carried across."""
@@ -122,7 +129,7 @@ class SpeechDetector:
         """
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         timeline = SpeechTimeline(self.settings)
-        if self._chunk_pool is not None and len(audio) > 1.5 * self.settings.parallel_chunk_s * SAMPLE_RATE:
+        if self._in_parallel_chunks(len(audio)):
             yield timeline.push(self.probabilities(audio).tolist()) + timeline.finish(len(audio))
             return
         # Blocks of frames_per_call windows (32.8 s by default): the first segments come after ~30 ms of VAD and
