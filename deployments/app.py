@@ -16,15 +16,9 @@ from deployments.aligner import Aligner
 from deployments.ingress import Ingress
 from deployments.segmenter import Segmenter
 from deployments.speech.settings import AppSettings
-from deployments.transcriber import Transcriber
+from deployments.transcriber import TRANSCRIBER_MAX_ONGOING, Transcriber
 
 log = logging.getLogger("ray.serve")
-# Every speech segment is one small Transcriber request (an object reference and two ints), and a long file sends
-# a hundred or more at once. They must all fit in the replica's own batch queue: requests beyond
-# max_ongoing_requests wait in the caller's router, whose scheduling retries and queue-length probes burned CPU in
-# the Ingress and in the Transcriber's event loop (slowing the model thread): 4 concurrent 15-minute files on
-# 2 cores took 27 s with 64 and 14 s with 1024 (bench/results/README.md).
-TRANSCRIBER_MAX_ONGOING = 1024
 
 
 def cluster_gpus() -> float:
@@ -55,7 +49,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ray_actor_options={"num_gpus": gpus, "num_cpus": settings.transcriber_cpus},
         user_config={"max_batch_size": settings.max_batch_size,
                      "batch_wait_timeout_s": settings.batch_ms / 1000},
-        # Batches only fill if a replica may hold more requests than one batch (and see above).
+        # Batches only fill if a replica may hold more requests than one batch (see TRANSCRIBER_MAX_ONGOING).
         max_ongoing_requests=max(TRANSCRIBER_MAX_ONGOING, settings.max_batch_size * 4),
     ).bind(settings)
     return Ingress.bind(Segmenter.bind(settings.vad), transcriber, Aligner.bind(), settings)

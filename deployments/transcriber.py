@@ -20,9 +20,15 @@ from deployments.speech.settings import AppSettings
 log = logging.getLogger("ray.serve")
 DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_BATCH_WAIT_S = 0.015
+# Every speech segment is one small Transcriber request (an object reference and two ints), and a long file sends
+# a hundred or more at once. They must all fit in the replica's own batch queue: requests beyond
+# max_ongoing_requests wait in the caller's router, whose scheduling retries and queue-length probes burned CPU in
+# the Ingress and in the Transcriber's event loop (slowing the model thread): 4 concurrent 15-minute files on
+# 2 cores took 27 s with 64 and 14 s with 1024 (bench/results/README.md).
+TRANSCRIBER_MAX_ONGOING = 1024
 
 
-@serve.deployment(max_ongoing_requests=1024, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment(max_ongoing_requests=TRANSCRIBER_MAX_ONGOING, health_check_period_s=10, health_check_timeout_s=30)
 class Transcriber:
     def __init__(self, settings: AppSettings):
         import torch
