@@ -288,7 +288,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['config']} | {r['minutes']:g} | {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['avg_ms']} | {r['throughput_x']} | {r['served_over_raw']} | {r['raw_ms']} "
                      f"({r.get('raw_quiet_machine_ms', '-')}) | {r['mean_batch']} | "
-                     f"{r.get('served_vad_ms', '-')} / {r.get('served_model_ms', '-')} / {r.get('served_align_ms', '-')} | "
+                     f"{r.get('served_vad_ms', '-')} / {r.get('served_model_ms', '-')} / "
+                     f"{r.get('served_align_ms', '-')} | "
                      f"{r['raw_vad_ms']} / {r['raw_asr_ms']} / {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]

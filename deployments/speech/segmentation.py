@@ -5,8 +5,8 @@ so VAD and transcription could only run one after the other. This is the same st
 (thresholds, the longest-pause cut at ``max_segment_s``, ``min_speech`` / ``min_silence``, padding), kept as
 state between calls: a segment is handed out as soon as nothing later in the file can change it, so the
 Transcriber starts on the first phrases while VAD is still reading the rest. Fed the same probabilities it returns
-exactly silero's segments (then merged as ``vad.merge_segments`` does); ``tests/unit/test_segmentation.py`` checks
-that against silero's own function on random and real probabilities, cut into random pieces.
+exactly silero's segments, then merged; ``tests/unit/test_segmentation.py`` checks that against silero's own
+function and a one-pass merge, on random and real probabilities cut into random pieces.
 
 When a segment is final:
 - silero's raw speech ``k`` is padded using its neighbours (half the pause when the pause is under two pads), so

@@ -145,19 +145,6 @@ class SpeechDetector:
         return [segment for found in self.iter_segments(audio) for segment in found]
 
 
-def merge_segments(segments: list[SpeechSegment], up_to_samples: int, max_gap_samples: int) -> list[SpeechSegment]:
-    """Join neighbours while the joined span stays within ``up_to_samples`` and the pause is short enough."""
-    merged: list[SpeechSegment] = []
-    for segment in segments:
-        if merged:
-            last = merged[-1]
-            if segment.start - last.end <= max_gap_samples and segment.end - last.start <= up_to_samples:
-                merged[-1] = SpeechSegment(start=last.start, end=max(last.end, segment.end))
-                continue
-        merged.append(segment)
-    return merged
-
-
 def whole_file(total_samples: int) -> list[SpeechSegment]:
     """VAD off: the whole file is one model input."""
     return [SpeechSegment(start=0, end=total_samples)]

@@ -10,8 +10,29 @@ from silero_vad import get_speech_timestamps_from_probs
 from deployments.speech.schemas import SpeechSegment
 from deployments.speech.segmentation import WINDOW_SAMPLES, SpeechTimeline
 from deployments.speech.settings import VadSettings
-from deployments.speech.vad import SpeechDetector, merge_segments
+from deployments.speech.vad import SpeechDetector
 from tests.helpers import SAMPLE_RATE, long_recording, random_phrases
+
+
+def merge_segments(segments: list[SpeechSegment], up_to_samples: int, max_gap_samples: int) -> list[SpeechSegment]:
+    """The merging rule in one pass over a finished list, the reference for the timeline's incremental merge:
+    join neighbours while the joined span stays within ``up_to_samples`` and the pause is short enough."""
+    merged: list[SpeechSegment] = []
+    for segment in segments:
+        if merged:
+            last = merged[-1]
+            if segment.start - last.end <= max_gap_samples and segment.end - last.start <= up_to_samples:
+                merged[-1] = SpeechSegment(start=last.start, end=max(last.end, segment.end))
+                continue
+        merged.append(segment)
+    return merged
+
+
+def test_merge_segments():
+    segs = [SpeechSegment(start=a, end=b) for a, b in [(0, 10), (15, 30), (100, 120), (125, 200)]]
+    merged = merge_segments(segs, up_to_samples=50, max_gap_samples=20)
+    assert [(s.start, s.end) for s in merged] == [(0, 30), (100, 120), (125, 200)]
+    assert merge_segments(segs, up_to_samples=0, max_gap_samples=20) == segs
 
 
 def reference(probs: list[float], length: int, settings: VadSettings) -> list[tuple[int, int]]:

@@ -5,9 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from deployments.speech.schemas import SpeechSegment
 from deployments.speech.settings import VadSettings
-from deployments.speech.vad import SpeechDetector, merge_segments
+from deployments.speech.vad import SpeechDetector
 from tests.helpers import SAMPLE_RATE, long_recording, random_phrases
 
 
@@ -46,13 +45,6 @@ def test_long_speech_is_cut_below_max_segment():
     segments = SpeechDetector(VadSettings(max_segment_s=4, merge_up_to_s=0, min_silence_duration_ms=2000)
                               ).segments(talk.audio)
     assert len(segments) > 2 and all(s.end - s.start <= 4 * SAMPLE_RATE for s in segments)
-
-
-def test_merge_segments():
-    segs = [SpeechSegment(start=a, end=b) for a, b in [(0, 10), (15, 30), (100, 120), (125, 200)]]
-    merged = merge_segments(segs, up_to_samples=50, max_gap_samples=20)
-    assert [(s.start, s.end) for s in merged] == [(0, 30), (100, 120), (125, 200)]
-    assert merge_segments(segs, up_to_samples=0, max_gap_samples=20) == segs
 
 
 def test_parallel_chunks_keep_the_sequential_segments_within_a_few_windows():
