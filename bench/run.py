@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.audio import load_user_audio, synthetic_speech
-from tests.helpers import SAMPLE_RATE, encode, free_port
+from bench.audio import SAMPLE_RATE, encode, free_port, load_user_audio, synthetic_speech
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = {
@@ -35,7 +34,9 @@ CONFIGS = {
     "whole": {"label": "whole file, no timestamps", "vad": False, "timestamps": False},
     "whole_ts": {"label": "whole file + timestamps", "vad": False, "timestamps": True},
     "stream": {"label": "streaming, 1024-byte frames", "vad": True, "timestamps": False},
+    "stream_ts": {"label": "streaming + timestamps, 1024-byte frames", "vad": True, "timestamps": True},
 }
+STREAMED = ("stream", "stream_ts")
 # The replaced server's published averages (ms) for 1 / 3 / 15 minutes of audio.
 OLD_SERVER_MS = {"vad_ts": [6439, 10200, 41633], "vad": [1410, 3624, 17835], "whole": [121, 308, 2774],
                  "stream": [3243, 8855, 34824]}
@@ -45,7 +46,7 @@ OLD_MINUTES = [1, 3, 15]
 # ---------------------------------------------------------------------------------------------- models
 
 def model_path(name: str, work: Path) -> str:
-    from deployments.speech.model_factory import build_random_nemo
+    from bench.models import build_random_nemo
 
     if name == "tiny":
         return str(build_random_nemo("tiny", work / "tiny.nemo"))
@@ -182,12 +183,24 @@ class Served:
                      p for p in [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")] if p)}})
         self.port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        serve.run(build_app({"model": path, "max_batch_size": max_batch_size, "batch_ms": batch_ms,
-                             "vad": vad, "transcriber_cpus": transcriber_cpus}),
-                  name="parakeet", route_prefix="/")
+        self.args = {"model": path, "vad": vad, "transcriber_cpus": transcriber_cpus}
+        self.batching = {"Transcriber": {"user_config": {"max_batch_size": max_batch_size, "batch_ms": batch_ms}}}
+        self.deploy()
         self.url = f"http://127.0.0.1:{self.port}"
         self.handles = {name: serve.get_deployment_handle(name, app_name="parakeet")
                         for name in ("Transcriber", "Segmenter", "Aligner")}
+
+    def deploy(self, segmenter_replicas: int | None = None) -> None:
+        """(Re)deploy the app with serve_config.yaml's options (a fixed Segmenter replica count if given)."""
+        from ray import serve
+
+        from deployments.app import build_app, merged_options
+
+        options = self.batching
+        if segmenter_replicas:
+            fixed = {"min_replicas": segmenter_replicas, "max_replicas": segmenter_replicas}
+            options = merged_options(options, {"Segmenter": {"autoscaling_config": fixed}})
+        serve.run(build_app(self.args, options), name="parakeet", route_prefix="/")
 
     def stats(self) -> dict:
         """Counters of the (single) replica of each deployment: batches, items, seconds spent in each stage."""
@@ -206,26 +219,15 @@ class Served:
         response.raise_for_status()
         return (time.perf_counter() - started) * 1000
 
-    async def one_stream(self, pcm: bytes) -> float:
-        import websockets
+    async def one_stream(self, pcm: bytes, timestamps: bool = False) -> float:
+        from deployments.stream_client import stream_pcm
 
         started = time.perf_counter()
-        async with websockets.connect(self.url.replace("http", "ws") + "/v1/audio/stream", max_size=None) as ws:
-            await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "partials": False}))
-
-            async def send():
-                for offset in range(0, len(pcm), 1024):
-                    await ws.send(pcm[offset:offset + 1024])
-                await ws.send(json.dumps({"type": "end"}))
-
-            sender = asyncio.create_task(send())
-            async for message in ws:
-                event = json.loads(message)
-                if event["type"] == "error":
-                    raise RuntimeError(event["message"])
-                if event["type"] == "done":
-                    break
-            await sender
+        outcome = await stream_pcm(self.url.replace("http", "ws") + "/v1/audio/stream", pcm,
+                                   {"sample_rate": SAMPLE_RATE, "partials": False, "timestamps": timestamps})
+        errors = [e for e in outcome.events if e["type"] == "error"]
+        if errors or outcome.events[-1:] != [{"type": "done"}]:
+            raise RuntimeError(f"stream failed: {errors or outcome.events[-1:]}")
         return (time.perf_counter() - started) * 1000
 
     def measure(self, wav: bytes, pcm: bytes, config_key: str, concurrency: int) -> tuple[list[float], float]:
@@ -237,8 +239,8 @@ class Served:
         async def go():
             async with httpx.AsyncClient(timeout=3600) as client:
                 started = time.perf_counter()
-                calls = [self.one_stream(pcm) if config_key == "stream" else self.one(client, wav, config)
-                         for _ in range(concurrency)]
+                calls = [self.one_stream(pcm, config["timestamps"]) if config_key in STREAMED
+                         else self.one(client, wav, config) for _ in range(concurrency)]
                 latencies = await asyncio.gather(*calls)
                 return list(latencies), time.perf_counter() - started
 
@@ -250,6 +252,53 @@ class Served:
 
         serve.shutdown()
         ray.shutdown()
+
+
+def replica_cpu_seconds(deployment: str) -> float:
+    """User + system CPU time of every live replica process of ``deployment``."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if f"ServeReplica:parakeet:{deployment}" in " ".join(proc.info["cmdline"] or []):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def live_streams(served: Served, count: int, seconds: float) -> list[dict]:
+    """``count`` concurrent live streams (1024-byte frames, as fast as possible) with 1 and then 2 Segmenter
+    replicas: wall time, throughput, and CPU seconds per audio second on the Ingress and the Segmenters."""
+    from deployments.speech.audio import float_to_pcm16
+
+    pcms = [float_to_pcm16(synthetic_speech(seconds, seed=1000 + i)) for i in range(count)]
+
+    async def together() -> None:
+        await asyncio.gather(*[served.one_stream(pcm) for pcm in pcms])
+
+    rows = []
+    for replicas in (1, 2):
+        served.deploy(segmenter_replicas=replicas)
+        asyncio.run(together())  # warm-up
+        cpu = {name: replica_cpu_seconds(name) for name in ("Ingress", "Segmenter")}
+        before = served.handles["Segmenter"].stats.remote().result()
+        started = time.perf_counter()
+        asyncio.run(together())
+        wall = time.perf_counter() - started
+        after = served.handles["Segmenter"].stats.remote().result()  # one replica's counters (of the two)
+        audio_s = count * seconds
+        rows.append({"streams": count, "seconds_each": seconds, "segmenter_replicas": replicas,
+                     "wall_s": round(wall, 2), "throughput_x": round(audio_s / wall, 1),
+                     **{f"{name.lower()}_cpu_ms_per_audio_s": round((replica_cpu_seconds(name) - cpu[name]) * 1000
+                                                                    / audio_s, 3) for name in cpu},
+                     "steps_per_batch_one_replica": round((after["live_steps"] - before["live_steps"])
+                                                          / max(1, after["live_batches"] - before["live_batches"]),
+                                                          2)})
+        print(f"live streams: {rows[-1]}", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -291,6 +340,14 @@ def markdown(report: dict) -> str:
                      f"{r.get('served_vad_ms', '-')} / {r.get('served_model_ms', '-')} / "
                      f"{r.get('served_align_ms', '-')} | "
                      f"{r['raw_vad_ms']} / {r['raw_asr_ms']} / {r['raw_align_ms']} | {r.get('gpu_util') or '-'} |")
+    if report.get("live_streams"):
+        lines += ["", "Concurrent live streams (1024-byte frames, as fast as possible):", "",
+                  "| streams x s | Segmenter replicas | wall s | audio s/s | Ingress CPU ms / audio s | "
+                  "Segmenter CPU ms / audio s | steps per VAD batch |", "|---|---|---|---|---|---|---|"]
+        for r in report["live_streams"]:
+            lines.append(f"| {r['streams']} x {r['seconds_each']:g} | {r['segmenter_replicas']} | {r['wall_s']} | "
+                         f"{r['throughput_x']} | {r['ingress_cpu_ms_per_audio_s']} | "
+                         f"{r['segmenter_cpu_ms_per_audio_s']} | {r['steps_per_batch_one_replica']} |")
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]
     for name, value in extra.items():
@@ -343,6 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch threads of the served Transcriber and of the raw reference alike")
     parser.add_argument("--vad-chunk-s", type=float, default=0.0,
                         help="parallel VAD chunks for long files (vad.parallel_chunk_s; 0: exact sequential)")
+    parser.add_argument("--live-streams", type=int, default=16,
+                        help="concurrent live streams measured with 1 and 2 Segmenter replicas (0: skip)")
+    parser.add_argument("--live-seconds", type=float, default=60, help="audio per live stream")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
@@ -351,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.concurrency, args.rounds = [1 / 3], [1], 1
+        args.live_streams, args.live_seconds = 4, 10
 
     from tqdm import tqdm
 
@@ -394,6 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report["rows"] += measure_clip(served, raw, sampler, name, audio, args, idle, progress)
                 _save_json(report, args)  # partial results survive an interrupted run
             report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
+            if args.live_streams:
+                report["live_streams"] = live_streams(served, args.live_streams, args.live_seconds)
         finally:
             progress.close()
             served.shutdown()
@@ -418,7 +481,9 @@ def measure_clip(served: Served, raw: RawPipeline, sampler: ResourceSampler, nam
     idle processes take a share of the CPU) hit both sides of every ratio alike. The first request of each
     configuration is a discarded warm-up on both sides.
     """
-    wav, pcm = encode(audio), (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    from deployments.speech.audio import float_to_pcm16
+
+    wav, pcm = encode(audio), float_to_pcm16(audio)
     for key in args.configs:
         served.measure(wav, pcm, key, 1)
         raw.run(audio, CONFIGS[key]["vad"], CONFIGS[key]["timestamps"])
@@ -486,11 +551,12 @@ def checks(report: dict) -> dict:
         with_ts, without = p50("vad_ts", m), p50("vad", m)
         if with_ts and without:
             out[f"timestamps on/off, VAD, {m:g} min (target <= 1.05)"] = round(with_ts / without, 3)
-        stream, offline = p50("stream", m), p50("vad", m)
-        if stream and offline:
-            out[f"streaming / offline VAD, {m:g} min (target <= 1.3)"] = round(stream / offline, 3)
+        for streamed, offline, label in (("stream", "vad", ""), ("stream_ts", "vad_ts", " + timestamps")):
+            if p50(streamed, m) and p50(offline, m):
+                out[f"streaming / offline VAD{label}, {m:g} min (target <= 1.3)"] = round(
+                    p50(streamed, m) / p50(offline, m), 3)
         served_raw = [r["served_over_raw"] for r in rows if r["minutes"] == m and r["concurrency"] == 1
-                      and r["config"] != "stream"]
+                      and r["config"] not in STREAMED]
         if served_raw:
             out[f"served / raw at concurrency 1, {m:g} min (target <= 1.15)"] = served_raw
     vad = report["vad_vs_silero"]

@@ -11,7 +11,7 @@ from deployments.speech.schemas import Segment, SegmentTokens, Word
 from deployments.speech.timestamps import align
 
 
-@serve.deployment(max_ongoing_requests=32, health_check_period_s=10)
+@serve.deployment
 class Aligner:
     def __init__(self):
         self.calls = 0

@@ -1,24 +1,52 @@
 """The one composition point: ``build_app(args)`` wires Ingress -> Segmenter / Transcriber / Aligner.
 
-``serve run serve_config.yaml`` calls it with the file's ``args``; ``PARAKEET_*`` environment variables override
-them (see deployments/speech/settings.py). Deployment-level options (replicas, autoscaling, health checks,
-``max_queued_requests``, ``user_config``) can be overridden per deployment in serve_config.yaml as usual.
+Every deployment option (replicas, autoscaling, queue bounds, health checks, CPUs, the Transcriber's batching
+``user_config``) is written once, in serve_config.yaml's ``deployments:``. ``serve run serve_config.yaml`` applies
+them itself; ``build_app`` applies the same file's values too, so the tests and the benchmark (which call it
+directly) run exactly what production runs. The application's ``args`` are ``AppSettings`` (``PARAKEET_*``
+environment variables override them); only the Transcriber's GPUs and CPUs come from them, because "auto" depends
+on the cluster.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.serve import Application
 
 from deployments.aligner import Aligner
 from deployments.ingress import Ingress
 from deployments.segmenter import Segmenter
 from deployments.speech.settings import AppSettings
-from deployments.transcriber import TRANSCRIBER_MAX_ONGOING, Transcriber
+from deployments.transcriber import Transcriber
 
 log = logging.getLogger("ray.serve")
+SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
+APP_NAME = "parakeet"
+DeploymentOptions = dict[str, dict[str, Any]]
+
+
+def shipped_deployment_options(path: Path = SERVE_CONFIG) -> DeploymentOptions:
+    """Each deployment's options from the config file's application, by deployment name."""
+    if not path.is_file():  # an install without the repository's config: Ray's own config (if any) decides
+        log.warning("%s not found: deployments run with Ray's defaults unless a config file sets them", path)
+        return {}
+    application = next(a for a in yaml.safe_load(path.read_text())["applications"] if a["name"] == APP_NAME)
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+
+
+def merged_options(base: DeploymentOptions, overrides: DeploymentOptions | None) -> DeploymentOptions:
+    """``overrides`` on top of ``base``, one level into dict-valued options (``autoscaling_config`` ...)."""
+    merged = {name: dict(options) for name, options in base.items()}
+    for name, options in (overrides or {}).items():
+        target = merged.setdefault(name, {})
+        for key, value in options.items():
+            target[key] = {**target[key], **value} if isinstance(value, dict) and isinstance(target.get(key),
+                                                                                            dict) else value
+    return merged
 
 
 def cluster_gpus() -> float:
@@ -41,15 +69,16 @@ def transcriber_gpus(settings: AppSettings) -> float:
     return 1.0 if cluster_gpus() >= 1 else 0.0
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
+def build_app(args: dict[str, Any] | None = None, deployment_options: DeploymentOptions | None = None
+              ) -> Application:
+    """The application. ``deployment_options`` (tests, the benchmark) override the config file's values."""
     settings = AppSettings(**(args or {}))
     gpus = transcriber_gpus(settings)
     log.info("Parakeet app: model=%s, transcriber GPUs per replica=%s", settings.model, gpus)
-    transcriber = Transcriber.options(
-        ray_actor_options={"num_gpus": gpus, "num_cpus": settings.transcriber_cpus},
-        user_config={"max_batch_size": settings.max_batch_size,
-                     "batch_wait_timeout_s": settings.batch_ms / 1000},
-        # Batches only fill if a replica may hold more requests than one batch (see TRANSCRIBER_MAX_ONGOING).
-        max_ongoing_requests=max(TRANSCRIBER_MAX_ONGOING, settings.max_batch_size * 4),
-    ).bind(settings)
-    return Ingress.bind(Segmenter.bind(settings.vad), transcriber, Aligner.bind(), settings)
+    resources = {"Transcriber": {"ray_actor_options": {"num_gpus": gpus, "num_cpus": settings.transcriber_cpus}}}
+    options = merged_options(merged_options(resources, shipped_deployment_options()), deployment_options)
+    return Ingress.options(**options.get("Ingress", {})).bind(
+        Segmenter.options(**options.get("Segmenter", {})).bind(settings.vad),
+        Transcriber.options(**options.get("Transcriber", {})).bind(settings),
+        Aligner.options(**options.get("Aligner", {})).bind(),
+        settings)

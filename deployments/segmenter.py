@@ -1,4 +1,5 @@
-"""Segmenter deployment: Silero VAD on CPU, returning speech segments in samples."""
+"""Segmenter deployment: Silero VAD on CPU for files (speech segments in samples) and for live streams (a step at
+a time, each stream's state carried with its calls, concurrent streams' steps batched)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,26 @@ from ray import serve
 from ray.serve.metrics import Counter
 
 from deployments.speech.errors import InvalidRequest
+from deployments.speech.live_vad import LiveVad, LiveVadState, LiveVadStep
 from deployments.speech.schemas import SpeechSegment
 from deployments.speech.settings import VadSettings
 
 
-@serve.deployment(max_ongoing_requests=16, health_check_period_s=10)
+@serve.deployment
 class Segmenter:
     def __init__(self, settings: VadSettings):
         from deployments.speech.vad import SpeechDetector
 
         self.detector = SpeechDetector(settings)
-        # ONNX Runtime releases the GIL, so each thread is one more file in VAD at once.
+        self.live = LiveVad(settings)
+        # ONNX Runtime releases the GIL, so each thread is one more file (or batch of live steps) in VAD at once.
         self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad")
-        self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD")
+        self._live_step_batch.set_max_batch_size(settings.live_max_batch)
+        self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD",
+                                      tag_keys=("path",))
         self.vad_seconds = 0.0  # time spent in VAD steps (operators; the benchmark's per-stage time)
+        self.live_steps = 0
+        self.live_batches = 0
         self._stats_lock = threading.Lock()  # steps of concurrent files finish on different threads
 
     async def segments(self, audio: np.ndarray) -> list[SpeechSegment]:
@@ -42,20 +49,11 @@ class Segmenter:
         can start transcribing while VAD reads the rest of the file. Each VAD step runs on a worker thread."""
         if not isinstance(audio, np.ndarray) or audio.ndim != 1:
             raise InvalidRequest("The Segmenter takes mono 16 kHz samples.", code="invalid_audio_array")
-        self._audio_seconds.inc(len(audio) / 16000)
+        self._audio_seconds.inc(len(audio) / 16000, tags={"path": "file"})
         loop = asyncio.get_running_loop()
         steps = self.detector.iter_segments(audio)
-
-        def step() -> list[SpeechSegment] | None:
-            started = time.perf_counter()
-            try:
-                return next(steps, None)
-            finally:
-                with self._stats_lock:
-                    self.vad_seconds += time.perf_counter() - started
-
         try:
-            while (found := await loop.run_in_executor(self._executor, step)) is not None:
+            while (found := await loop.run_in_executor(self._executor, self._timed, next, steps, None)) is not None:
                 if found:
                     yield found
         finally:
@@ -64,8 +62,34 @@ class Segmenter:
             with contextlib.suppress(ValueError):
                 steps.close()
 
+    async def live_step(self, state: LiveVadState, samples: np.ndarray, last: bool = False) -> LiveVadStep:
+        """One step of a live stream: its new 16 kHz samples and its state in, the state and final segments out.
+        The state comes with every call, so any replica can take any stream's next step."""
+        if not isinstance(samples, np.ndarray) or samples.ndim != 1:
+            raise InvalidRequest("A live VAD step takes mono 16 kHz samples.", code="invalid_audio_array")
+        self._audio_seconds.inc(len(samples) / 16000, tags={"path": "live"})
+        return await self._live_step_batch(state, samples, last)
+
+    # Steps of concurrent streams that arrive while a batch runs form the next batch (no waiting for more).
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0)
+    async def _live_step_batch(self, states: list[LiveVadState], samples: list[np.ndarray], lasts: list[bool]
+                               ) -> list[LiveVadStep]:
+        self.live_steps += len(states)
+        self.live_batches += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._timed, self.live.step,
+                                          list(zip(states, samples, lasts)))
+
+    def _timed(self, work, *args):
+        started = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            with self._stats_lock:
+                self.vad_seconds += time.perf_counter() - started
+
     def stats(self) -> dict:
-        return {"vad_seconds": self.vad_seconds}
+        return {"vad_seconds": self.vad_seconds, "live_steps": self.live_steps, "live_batches": self.live_batches}
 
     def ready(self) -> bool:
         return True

@@ -1,4 +1,4 @@
-"""Stream an audio file to the service's WebSocket and print partials and finals as they arrive.
+"""A client for the live stream (``/v1/audio/stream``): the CLI below, and what the benchmark and tests use.
 
     python -m deployments.stream_client speech.wav                       # 1024-byte frames, as fast as possible
     python -m deployments.stream_client speech.wav --realtime --timestamps
@@ -12,52 +12,70 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
-import numpy as np
 import soundfile as sf
 
+from deployments.speech.audio import float_to_pcm16
 
-def pcm16(path: str) -> tuple[bytes, int]:
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/audio/stream"
+
+
+@dataclass
+class StreamOutcome:
+    events: list[dict] = field(default_factory=list)  # every event the server sent, in order
+    close_code: int | None = None
+
+
+def read_pcm16(path: str) -> tuple[bytes, int]:
+    """An audio file's samples (mixed to mono) as PCM16 bytes, and its sample rate."""
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    return (np.clip(mono, -1, 1) * 32767).astype("<i2").tobytes(), rate
+    return float_to_pcm16(audio.mean(axis=1)), rate
 
 
-async def stream_file(path: str, url: str, frame_bytes: int = 1024, realtime: bool = False,
-                      timestamps: bool = False, partials: bool = True, on_event=None) -> list[dict]:
+async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_bytes: int = 1024,
+                     realtime: bool = False, finish: bool = True,
+                     on_event: Callable[[dict], None] | None = None) -> StreamOutcome:
+    """Send ``pcm`` in ``frame_bytes`` frames (paced at the audio's speed with ``realtime``), then ``{"type":
+    "end"}`` unless ``finish`` is false; collect events until the server closes the connection."""
     import websockets
 
-    data, rate = pcm16(path)
-    events: list[dict] = []
+    rate = (config or {}).get("sample_rate", 16000)
+    outcome = StreamOutcome()
     async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"sample_rate": rate, "encoding": "pcm_s16le", "timestamps": timestamps,
-                                  "partials": partials}))
+        if config is not None:
+            await ws.send(json.dumps(config))
 
         async def send() -> None:
             started = time.perf_counter()
-            for offset in range(0, len(data), frame_bytes):
-                await ws.send(data[offset:offset + frame_bytes])
-                if realtime:  # pace frames at the audio's own speed
+            for offset in range(0, len(pcm), frame_bytes):
+                await ws.send(pcm[offset:offset + frame_bytes])
+                if realtime:
                     due = (offset + frame_bytes) / 2 / rate
                     await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
-            await ws.send(json.dumps({"type": "end"}))
+            if finish:
+                await ws.send(json.dumps({"type": "end"}))
 
         sender = asyncio.create_task(send())
-        async for message in ws:
-            event = json.loads(message)
-            events.append(event)
-            if on_event:
-                on_event(event)
-            if event["type"] in ("done", "error"):
-                break
-        sender.cancel()
-    return events
+        try:
+            async for message in ws:
+                event = json.loads(message)
+                outcome.events.append(event)
+                if on_event:
+                    on_event(event)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+        outcome.close_code = ws.close_code
+    return outcome
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file")
-    parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/audio/stream")
+    parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--frame-bytes", type=int, default=1024)
     parser.add_argument("--realtime", action="store_true", help="send at the audio's own pace")
     parser.add_argument("--timestamps", action="store_true", help="words with times in finals")
@@ -75,9 +93,11 @@ def main() -> None:
         elif event["type"] == "error":
             print(f"error: {event['message']}", file=sys.stderr, flush=True)
 
-    events = asyncio.run(stream_file(args.file, args.url, args.frame_bytes, args.realtime, args.timestamps,
-                                     not args.no_partials, show))
-    sys.exit(1 if any(e["type"] == "error" for e in events) else 0)
+    pcm, rate = read_pcm16(args.file)
+    config = {"sample_rate": rate, "encoding": "pcm_s16le", "timestamps": args.timestamps,
+              "partials": not args.no_partials}
+    outcome = asyncio.run(stream_pcm(args.url, pcm, config, args.frame_bytes, args.realtime, on_event=show))
+    sys.exit(1 if any(e["type"] == "error" for e in outcome.events) else 0)
 
 
 if __name__ == "__main__":

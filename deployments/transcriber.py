@@ -1,4 +1,8 @@
-"""Transcriber deployment: Parakeet on the replica's GPU (or CPU), requests batched with ``@serve.batch``."""
+"""Transcriber deployment: Parakeet on the replica's GPU (or CPU), requests batched with ``@serve.batch``.
+
+Batching (``BatchSettings``) is the deployment's ``user_config``: Ray calls ``reconfigure`` after start-up and on
+every change, and a batch bigger than any run so far is warmed up there before traffic uses it.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,13 @@ from ray.serve.metrics import Counter, Histogram
 from deployments.speech.batching import ItemFailure, run_isolated
 from deployments.speech.errors import InvalidRequest
 from deployments.speech.schemas import SegmentTokens
-from deployments.speech.settings import AppSettings
+from deployments.speech.settings import AppSettings, BatchSettings
 
 log = logging.getLogger("ray.serve")
-DEFAULT_MAX_BATCH_SIZE = 4
-DEFAULT_BATCH_WAIT_S = 0.015
-# Every speech segment is one small Transcriber request (an object reference and two ints), and a long file sends
-# a hundred or more at once. They must all fit in the replica's own batch queue: requests beyond
-# max_ongoing_requests wait in the caller's router, whose scheduling retries and queue-length probes burned CPU in
-# the Ingress and in the Transcriber's event loop (slowing the model thread): 4 concurrent 15-minute files on
-# 2 cores took 27 s with 64 and 14 s with 1024 (bench/results/README.md).
-TRANSCRIBER_MAX_ONGOING = 1024
+DEFAULT_BATCHING = BatchSettings()
 
 
-@serve.deployment(max_ongoing_requests=TRANSCRIBER_MAX_ONGOING, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment
 class Transcriber:
     def __init__(self, settings: AppSettings):
         import torch
@@ -43,6 +40,8 @@ class Transcriber:
             local_attention_above_s=settings.local_attention_above_s, max_batch_audio_s=settings.max_batch_audio_s)
         # One worker thread: model work is serialised and never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parakeet")
+        self.batching = DEFAULT_BATCHING
+        self._warmed_batch = 0
         self.batches = 0
         self.items = 0
         self.batch_sizes: dict[int, int] = {}
@@ -52,25 +51,24 @@ class Transcriber:
         self._audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model")
         self._batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
                                         boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
-        self.reconfigure({"max_batch_size": settings.max_batch_size, "batch_wait_timeout_s": settings.batch_ms / 1000})
-        if settings.warmup:
-            self._warm_up()
-        log.info("Transcriber ready: %s on %s (%s), %d torch threads", settings.model, self.recognizer.device,
+        log.info("Transcriber loaded: %s on %s (%s), %d torch threads", settings.model, self.recognizer.device,
                  self.recognizer.dtype, cpus)
 
-    def _warm_up(self) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
+        """``user_config`` (serve_config.yaml, or ``serve deploy`` on a running service): the batching knobs."""
+        batching = BatchSettings(**(user_config or {}))
+        if self.settings.warmup and batching.max_batch_size > self._warmed_batch:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._warm_up, batching.max_batch_size)
+        self._transcribe_batch.set_max_batch_size(batching.max_batch_size)
+        self._transcribe_batch.set_batch_wait_timeout_s(batching.batch_ms / 1000)
+        self.batching = batching
+        log.info("Transcriber batching: %s", batching)
+
+    def _warm_up(self, batch_size: int) -> None:
         """Run the largest batch once so CUDA graphs, kernels and the allocator are ready before traffic."""
         seconds = self.settings.vad.max_segment_s if self.recognizer.device.startswith("cuda") else 1.0
-        silence = [np.zeros(int(seconds * 16000), np.float32)] * self.max_batch_size
-        self.recognizer.transcribe(silence)
-
-    def reconfigure(self, user_config: dict) -> None:
-        """Runtime tuning through ``user_config`` (serve_config.yaml or ``serve deploy``) without a restart."""
-        size = int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-        wait = float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
-        self.max_batch_size = size
-        self._transcribe_batch.set_max_batch_size(size)
-        self._transcribe_batch.set_batch_wait_timeout_s(wait)
+        self.recognizer.transcribe([np.zeros(int(seconds * 16000), np.float32)] * batch_size)
+        self._warmed_batch = batch_size
 
     async def transcribe(self, audio: np.ndarray, start: int = 0, end: int | None = None) -> SegmentTokens:
         """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used)."""
@@ -85,7 +83,9 @@ class Transcriber:
             raise result.error
         return result
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    # The design's batching; reconfigure() applies the user_config's values before the replica takes traffic.
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
     async def _transcribe_batch(self, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
         self.batches += 1
         self.items += len(segments)
@@ -107,7 +107,7 @@ class Transcriber:
     def stats(self) -> dict:
         """Batching counters for tests and operators (per replica)."""
         stats = {"batches": self.batches, "items": self.items, "batch_sizes": dict(self.batch_sizes),
-                 "model_seconds": self.model_seconds}
+                 "model_seconds": self.model_seconds, "batching": self.batching.model_dump()}
         if self.recognizer.device.startswith("cuda"):
             import torch
 
@@ -116,10 +116,6 @@ class Transcriber:
 
     def ready(self) -> dict:
         return {"model": self.settings.model, "device": self.recognizer.device, "dtype": str(self.recognizer.dtype)}
-
-    def check_health(self) -> None:
-        if self.recognizer is None:
-            raise RuntimeError("model not loaded")
 
 
 def _assigned_cpus(default: float) -> int:

@@ -20,7 +20,7 @@ DIGITS_MODEL = FIXTURES / "digits.nemo"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random-weight tiny Parakeet-architecture model (configs/models/tiny.yaml) saved as .nemo."""
-    from deployments.speech.model_factory import build_random_nemo
+    from bench.models import build_random_nemo
 
     return build_random_nemo("tiny", tmp_path_factory.mktemp("tiny") / "tiny.nemo")
 
@@ -62,12 +62,14 @@ class ServedApp:
         return serve.get_app_handle(self.name)
 
 
-def run_app(ray_cluster: str, **args) -> ServedApp:
+def run_app(ray_cluster: str, deployment_options: dict | None = None, **args) -> ServedApp:
+    """The app as build_app makes it: serve_config.yaml's deployment options unless ``deployment_options``
+    overrides some."""
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.run(build_app(args), name="parakeet", route_prefix="/", blocking=False)
+    serve.run(build_app(args, deployment_options), name="parakeet", route_prefix="/", blocking=False)
     return ServedApp(url=ray_cluster, name="parakeet")
 
 
@@ -80,7 +82,6 @@ def stop_app() -> None:
 @pytest.fixture(scope="session")
 def digits_app(ray_cluster, digits_model):
     """The graph serving the trained digits model; shared by the fidelity and streaming modules."""
-    served = run_app(ray_cluster, model=str(digits_model), batch_ms=30, max_batch_size=4,
-                     stream={"max_streams": 20, "partial_interval_ms": 1000})
+    served = run_app(ray_cluster, model=str(digits_model), stream={"max_streams": 20, "partial_interval_ms": 1000})
     yield served
     stop_app()

@@ -1,96 +1,9 @@
-"""Test audio built from the shipped held-out material, with exact word times; encoders; WER."""
+"""Test helpers: word error counts, text normalisation (recordings and encoders come from bench.audio)."""
 
 from __future__ import annotations
 
-import io
-import random
-import socket
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-
-import numpy as np
-import soundfile as sf
-
-FIXTURES = Path(__file__).parent / "fixtures"
-SAMPLE_RATE = 16000
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"]
-
-
-@dataclass
-class Recording:
-    audio: np.ndarray
-    phrases: list[str] = field(default_factory=list)
-    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.phrases)
-
-    @property
-    def duration(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
-
-
-@lru_cache(maxsize=1)
-def heldout() -> dict:
-    data = np.load(FIXTURES / "digits_heldout.npz")
-    clips: dict[tuple[int, str], np.ndarray] = {}
-    offsets = data["clip_offsets"]
-    for i, (voice, word) in enumerate(zip(data["clip_voice"], data["clip_word"])):
-        clips[(int(voice), str(word))] = data["clip_audio"][offsets[i]:offsets[i + 1]].astype(np.float32) / 32767
-    utt_offsets = data["utt_offsets"]
-    utterances = [(data["utt_audio"][utt_offsets[i]:utt_offsets[i + 1]].astype(np.float32) / 32767, str(text))
-                  for i, text in enumerate(data["utt_text"])]
-    return {"clips": clips, "voices": sorted({v for v, _ in clips}), "utterances": utterances}
-
-
-def phrase_recording(words: list[str], voice: int = 0, rng: random.Random | None = None,
-                     word_gap_s: tuple[float, float] = (0.08, 0.25), lead_s: float = 0.3,
-                     tail_s: float = 0.3) -> Recording:
-    return long_recording([words], rng or random.Random(0), voice=voice, phrase_gap_s=(0, 0),
-                          word_gap_s=word_gap_s, lead_s=lead_s, tail_s=tail_s)
-
-
-def long_recording(phrases: list[list[str]], rng: random.Random, voice: int | None = None,
-                   phrase_gap_s: tuple[float, float] = (0.2, 3.0), word_gap_s: tuple[float, float] = (0.08, 0.25),
-                   lead_s: float = 0.5, tail_s: float = 0.5) -> Recording:
-    """Phrases of held-out word clips separated by silences; every word's true (start, end) recorded."""
-    material = heldout()
-    pieces = [np.zeros(int(lead_s * SAMPLE_RATE), np.float32)]
-    cursor = len(pieces[0])
-    record = Recording(np.zeros(0, np.float32))
-    for p, words in enumerate(phrases):
-        speaker = voice if voice is not None else rng.choice(material["voices"])
-        if p:
-            gap = np.zeros(int(rng.uniform(*phrase_gap_s) * SAMPLE_RATE), np.float32)
-            pieces.append(gap)
-            cursor += len(gap)
-        for w, word in enumerate(words):
-            if w:
-                gap = np.zeros(int(rng.uniform(*word_gap_s) * SAMPLE_RATE), np.float32)
-                pieces.append(gap)
-                cursor += len(gap)
-            clip = material["clips"][(speaker, word)]
-            pieces.append(clip)
-            record.words.append((word, cursor / SAMPLE_RATE, (cursor + len(clip)) / SAMPLE_RATE))
-            cursor += len(clip)
-        record.phrases.append(" ".join(words))
-    pieces.append(np.zeros(int(tail_s * SAMPLE_RATE), np.float32))
-    audio = np.concatenate(pieces)
-    noise = np.random.default_rng(rng.randint(0, 1 << 30)).standard_normal(len(audio)).astype(np.float32) * 1e-3
-    record.audio = (audio + noise).astype(np.float32)
-    return record
-
-
-def random_phrases(rng: random.Random, count: int, low: int = 3, high: int = 6) -> list[list[str]]:
-    return [[rng.choice(DIGITS) for _ in range(rng.randint(low, high))] for _ in range(count)]
-
-
-def encode(audio: np.ndarray, fmt: str = "WAV", sample_rate: int = SAMPLE_RATE, subtype: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sample_rate, format=fmt, subtype=subtype)
-    return buffer.getvalue()
+from bench.audio import (DIGITS, FIXTURES, SAMPLE_RATE, Recording, encode, free_port, heldout,  # noqa: F401
+                         long_recording, phrase_recording, random_phrases)
 
 
 def word_errors(reference: str, hypothesis: str) -> int:
@@ -110,10 +23,3 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 def normalise(text: str) -> str:
     return " ".join("".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split())
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (for a test or benchmark Serve proxy)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -130,6 +130,25 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def float_to_pcm16(samples: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian 16-bit PCM bytes (what the live stream takes)."""
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+class Resampler:
+    """Streaming resampling to 16 kHz for live clients that send another rate (state kept across frames)."""
+
+    def __init__(self, rate: int):
+        import soxr
+
+        self.stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
+
+    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return samples
+        return self.stream.resample_chunk(samples, last=last)
+
+
 def validate(audio: np.ndarray, limits: LimitSettings) -> float:
     """Check the decoded audio's length against the limits; returns its duration in seconds."""
     duration = len(audio) / SAMPLE_RATE

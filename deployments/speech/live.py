@@ -1,9 +1,14 @@
 """One live stream: audio pieces in, ``partial`` / ``final`` events out, in order (Ray-free; the Ingress wires it).
 
+VAD runs on the Segmenter replicas (``live_vad.py``): each step sends the new audio with the stream's VAD state and
+gets back the final speech segments. Here the segments are joined into utterances (pauses shorter than
+``end_of_utterance_ms`` keep talking in one utterance, as the offline path merges segments), each utterance's audio
+is sent to the model, and partials of the open utterance are requested every ``partial_interval_ms`` of audio.
+
 Three cooperating tasks per stream, all cancelled together when the consumer stops (client gone):
 - the reader pulls audio from the transport into a small queue (when it is full, reading stops: TCP backpressure);
-- the segmenter takes everything queued at once (so fast senders get big VAD blocks), runs VAD off the event loop,
-  and issues a transcription per finished utterance (and per due partial) without waiting for it;
+- the segmenter takes everything queued at once (so fast senders make big VAD steps), runs a VAD step and issues a
+  transcription per finished utterance (and per due partial) without waiting for it;
 - the consumer (this generator) awaits those in the order they were issued and yields the events.
 """
 
@@ -11,25 +16,119 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
+from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
-from .schemas import Segment, SegmentTokens, Word
-from .streaming import StreamSegmenter, UtteranceAudio
+from .protocol import FinalEvent, PartialEvent, StreamEvent
+from .schemas import Segment, SegmentTokens, SpeechSegment, Word
+from .settings import StreamSettings, VadSettings
 
+VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
 Transcribe = Callable[[np.ndarray], Awaitable[SegmentTokens]]
 Align = Callable[[list[tuple[SegmentTokens, float, float]], float], Awaitable[tuple[list[Word], list[Segment]]]]
 _END = object()
 
 
-async def stream_events(chunks: AsyncIterator[np.ndarray], segmenter: StreamSegmenter, transcribe: Transcribe,
-                        align: Align | None = None, max_pending: int = 8,
-                        max_queued_samples: int = 30 * SAMPLE_RATE) -> AsyncIterator[dict]:
-    """Yield ``{"type": "partial"|"final", ...}`` events for the audio ``chunks`` (16 kHz float32)."""
-    incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, max_queued_samples // 512))
-    results: asyncio.Queue = asyncio.Queue(maxsize=max_pending)
+@dataclass
+class Utterance:
+    """A stretch of the stream to transcribe: a finished utterance, or the open one so far (a partial)."""
+
+    id: int
+    start: int  # samples from the start of the stream (16 kHz)
+    end: int
+    final: bool
+
+
+class UtteranceJoiner:
+    """Final VAD segments -> utterances; says when a partial of the open utterance is due."""
+
+    def __init__(self, stream: StreamSettings, vad: VadSettings, partials: bool):
+        self.end_gap = int(stream.end_of_utterance_ms * SAMPLE_RATE / 1000)
+        self.max_length = int(vad.max_segment_s * SAMPLE_RATE)
+        self.min_speech = int(vad.min_speech_duration_ms * SAMPLE_RATE / 1000)
+        self.partial_every = int(stream.partial_interval_ms * SAMPLE_RATE / 1000) if partials else 0
+        self.pending: SpeechSegment | None = None  # final segments not yet sent as an utterance
+        self.next_id = 0
+        self.last_partial_at = 0
+
+    def update(self, step: LiveVadStep) -> list[Utterance]:
+        out: list[Utterance] = []
+        for segment in step.segments:
+            pending = self.pending
+            if pending is not None and (segment.start - pending.end >= self.end_gap
+                                        or segment.end - pending.start > self.max_length):
+                out.append(self._final(step.position))
+                pending = None
+            self.pending = segment if pending is None else SpeechSegment(start=pending.start, end=segment.end)
+        # the utterance is over when no later segment can start within end_of_utterance_ms of its end
+        if self.pending is not None and (step.open_from is None or step.open_from - self.pending.end >= self.end_gap):
+            out.append(self._final(step.position))
+        partial = self._partial(step)
+        return out + ([partial] if partial else [])
+
+    def keep_from(self, step: LiveVadStep) -> int:
+        """Audio before this sample is never transcribed again."""
+        marks = [m for m in (self.pending.start if self.pending else None, step.open_from) if m is not None]
+        return min(marks, default=step.position)
+
+    def _partial(self, step: LiveVadStep) -> Utterance | None:
+        if not (self.partial_every and step.speech_open and step.open_from is not None
+                and step.position - self.last_partial_at >= self.partial_every):
+            return None
+        start = self.pending.start if self.pending else step.open_from
+        if step.position - start < self.min_speech:
+            return None
+        self.last_partial_at = step.position
+        return Utterance(self.next_id, start, step.position, final=False)
+
+    def _final(self, position: int) -> Utterance:
+        utterance = Utterance(self.next_id, self.pending.start, self.pending.end, final=True)
+        self.pending = None
+        self.next_id += 1
+        self.last_partial_at = position
+        return utterance
+
+
+class AudioWindow:
+    """The stream's audio from sample ``base`` on (older audio is dropped once no utterance can need it)."""
+
+    def __init__(self):
+        self.base = 0
+        self.samples = np.zeros(0, np.float32)
+
+    def append(self, samples: np.ndarray) -> None:
+        self.samples = np.concatenate([self.samples, samples])
+
+    def cut(self, start: int, end: int) -> np.ndarray:
+        return self.samples[max(start, self.base) - self.base:end - self.base].copy()
+
+    def drop_before(self, sample: int) -> None:
+        if sample > self.base:
+            self.samples = self.samples[sample - self.base:]
+            self.base = sample
+
+
+def _pieces(samples: np.ndarray, most: int, ended: bool) -> list[tuple[np.ndarray, bool]]:
+    """VAD steps for what arrived: one, or with partials at most ``most`` samples each, so a partial is due every
+    ``partial_interval_ms`` of audio even when the client sends faster than real time. The last one carries
+    ``ended``."""
+    bounds = list(range(0, len(samples), most)) if most and len(samples) > most else [0]
+    return [(samples[start:start + most] if most else samples[start:], ended and index == len(bounds) - 1)
+            for index, start in enumerate(bounds)]
+
+
+async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, transcribe: Transcribe,
+                      align: Align | None, stream: StreamSettings, vad: VadSettings, partials: bool = True,
+                      ) -> AsyncIterator[StreamEvent]:
+    """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32), in order."""
+    incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
+    results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
+    joiner = UtteranceJoiner(stream, vad, partials)
+    audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []
 
     async def read() -> None:
@@ -41,30 +140,29 @@ async def stream_events(chunks: AsyncIterator[np.ndarray], segmenter: StreamSegm
             return
         await incoming.put(_END)
 
-    async def event_for(utterance: UtteranceAudio) -> dict | None:
-        tokens = await transcribe(utterance.audio)
+    async def event_for(utterance: Utterance, samples: np.ndarray) -> StreamEvent | None:
+        tokens = await transcribe(samples)
         if not utterance.final:
-            return {"type": "partial", "id": utterance.id, "text": tokens.text} if tokens.text else None
+            return PartialEvent(id=utterance.id, text=tokens.text) if tokens.text else None
         start, end = utterance.start / SAMPLE_RATE, utterance.end / SAMPLE_RATE
-        event = {"type": "final", "id": utterance.id, "text": tokens.text, "start": round(start, 3),
-                 "end": round(end, 3)}
+        event = FinalEvent(id=utterance.id, text=tokens.text, start=round(start, 3), end=round(end, 3))
         if align is not None:
-            words, _ = await align([(tokens, start, end)], end)
-            event["words"] = [w.model_dump() for w in words]
+            event.words, _ = await align([(tokens, start, end)], end)
         return event
 
-    async def issue(utterances: list[UtteranceAudio]) -> None:
+    async def issue(utterances: list[Utterance]) -> None:
         for utterance in utterances:
             if not utterance.final:
                 if partial_in_flight and not partial_in_flight[0].done():
                     continue  # one partial at a time: a slow model gets fewer, fresher partials
-                partial_in_flight[:] = []
-            future = asyncio.ensure_future(event_for(utterance))
+                partial_in_flight.clear()
+            future = asyncio.ensure_future(event_for(utterance, audio.cut(utterance.start, utterance.end)))
             if not utterance.final:
                 partial_in_flight.append(future)
             await results.put(future)
 
     async def segment() -> None:
+        state = LiveVadState.new(vad)
         try:
             ended = False
             while not ended:
@@ -74,10 +172,14 @@ async def stream_events(chunks: AsyncIterator[np.ndarray], segmenter: StreamSegm
                 if any(isinstance(p, BaseException) for p in pieces):
                     raise next(p for p in pieces if isinstance(p, BaseException))
                 ended = any(p is _END for p in pieces)
-                audio = [p for p in pieces if isinstance(p, np.ndarray) and p.size]
-                joined = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-                await issue(await asyncio.to_thread(segmenter.push, joined))
-            await issue(await asyncio.to_thread(segmenter.finish))
+                new = [p for p in pieces if isinstance(p, np.ndarray) and p.size]
+                joined = np.concatenate(new) if new else np.zeros(0, np.float32)
+                audio.append(joined)
+                for piece, last in _pieces(joined, joiner.partial_every, ended):
+                    step = await vad_step(state, piece, last)
+                    state = step.state
+                    await issue(joiner.update(step))
+                    audio.drop_before(joiner.keep_from(step))
             await results.put(_END)
         except BaseException as exc:  # noqa: BLE001
             await results.put(exc)

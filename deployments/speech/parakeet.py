@@ -88,15 +88,11 @@ class ParakeetRecognizer:
         self._configure_decoding()
         cfg = self.model.cfg
         self.frame_s = float(cfg.preprocessor.window_stride) * int(self._subsampling_factor())
-        self.durations = list(cfg.get("model_defaults", {}).get("tdt_durations", [0, 1, 2, 3, 4]))
-        self.name = ""
 
     @classmethod
     def load(cls, source: str, device: str = "auto", **options) -> "ParakeetRecognizer":
         device = resolve_device(device)
-        recognizer = cls(load_nemo_model(source, device), device, **options)
-        recognizer.name = source
-        return recognizer
+        return cls(load_nemo_model(source, device), device, **options)
 
     def _subsampling_factor(self) -> int:
         encoder_cfg = self.model.cfg.encoder
@@ -118,11 +114,6 @@ class ParakeetRecognizer:
             decoding_cfg.greedy.loop_labels = True
             decoding_cfg.greedy.use_cuda_graph_decoder = self.device.startswith("cuda")
         self.model.change_decoding_strategy(decoding_cfg, verbose=False)
-
-    @property
-    def vocabulary_pieces(self) -> list[str]:
-        tokenizer = self.model.tokenizer
-        return tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size)))
 
     def _encoder_for(self, longest_samples: int):
         """Full attention normally; a local-attention copy of the encoder for very long inputs (memory ~ T^2)."""

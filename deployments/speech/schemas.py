@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -48,16 +48,3 @@ class TranscriptionResult(BaseModel):
     text: str
     segments: list[Segment] = Field(default_factory=list)
     words: list[Word] = Field(default_factory=list)
-
-
-class TranscribeOptions(BaseModel):
-    """Per-request options the Ingress resolves from HTTP fields or handle arguments."""
-
-    timestamps: bool = False  # words and segments with times (calls the Aligner)
-    vad: bool = True
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    code: Optional[str] = None

@@ -10,12 +10,18 @@ function and a one-pass merge, on random and real probabilities cut into random 
 
 When a segment is final:
 - silero's raw speech ``k`` is padded using its neighbours (half the pause when the pause is under two pads), so
-  it is final once raw speech ``k + 1`` has been confirmed (speech that starts may still be dropped as too short);
-- merged segments (``merge_up_to_s`` / ``merge_max_gap_s``) are final once the next padded segment does not join.
+  it is final once raw speech ``k + 1`` has been confirmed (speech that starts may still be dropped as too short),
+  or once no later speech can start within two pads of its end (then its padding no longer depends on what follows:
+  this is what lets a live stream's utterance end during the pause, not when the next one starts);
+- merged segments (``merge_up_to_s`` / ``merge_max_gap_s``) are final once no later segment can join them.
+
+``open_from()`` says where the earliest segment not yet handed out may start, so a caller holding audio (a live
+stream) knows what it may drop and when a pause is long enough to end an utterance.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 from .parakeet_defaults import SAMPLE_RATE
@@ -135,16 +141,51 @@ class SpeechTimeline:
 
     # ------------------------------------------------------------------ padding and merging
 
+    def open_from(self) -> int | None:
+        """The earliest sample where a segment not handed out yet may start (None once finished)."""
+        if self.finished:
+            return None
+        if self.merging is not None:
+            return self.merging.start
+        return max(0, math.floor(self._next_speech_start() - self.pad))
+
+    def speech_open(self) -> bool:
+        """Speech has begun that is not handed out yet (a live stream's open utterance)."""
+        return bool(self.raw or self.merging is not None or "start" in self.current)
+
+    def _next_speech_start(self) -> int:
+        """The earliest raw speech start not padded yet: a confirmed one, the one in progress, or the next window."""
+        return self.raw[0]["start"] if self.raw else self._unconfirmed_start()
+
+    def _unconfirmed_start(self) -> int:
+        """Where the speech in progress started, or the next window when there is none."""
+        return self.current.get("start", WINDOW_SAMPLES * self.windows)
+
     def _settle(self, end_of_audio: int | None) -> list[SpeechSegment]:
-        """Pad every raw speech whose successor is known (all of them at the end), then merge."""
+        """Pad every raw speech whose end padding is known (all of them at the end), then merge."""
         out: list[SpeechSegment] = []
-        while self.raw and (len(self.raw) > 1 or end_of_audio is not None):
+        while self.raw and (len(self.raw) > 1 or end_of_audio is not None or self._alone_for_good(self.raw[0])):
             speech = self.raw.pop(0)
             following = self.raw[0] if self.raw else None
             padded = self._padded(speech, following, end_of_audio)
             self.previous_raw = speech
             self._merge(padded, out)
+        if end_of_audio is None and self.merging is not None and self._merge_is_final():
+            out.append(self.merging)
+            self.merging = None
         return out
+
+    def _alone_for_good(self, speech: dict[str, int]) -> bool:
+        """The last confirmed speech: no later speech can start within two pads of its end, so its padding is
+        settled (silero pads by half the pause only when the pause is shorter than that)."""
+        return self._unconfirmed_start() - speech["end"] >= 2 * self.pad
+
+    def _merge_is_final(self) -> bool:
+        """No later segment can join the merge in progress: each starts too far after it (at least its raw start
+        minus a pad) or ends too late (after its raw start)."""
+        earliest = self._next_speech_start()
+        return (math.floor(earliest - self.pad) - self.merging.end > self.merge_max_gap
+                or earliest - self.merging.start >= self.merge_up_to)
 
     def _padded(self, speech: dict[str, int], following: dict[str, int] | None,
                 end_of_audio: int | None) -> SpeechSegment:
@@ -154,8 +195,9 @@ class SpeechTimeline:
         else:
             silence = speech["start"] - previous["end"]
             start = int(max(0, speech["start"] - (silence // 2 if silence < 2 * self.pad else self.pad)))
-        if following is None:
-            end = int(min(end_of_audio, speech["end"] + self.pad))
+        if following is None:  # the last speech, or one that nothing can follow within two pads
+            padded_end = speech["end"] + self.pad
+            end = int(padded_end if end_of_audio is None else min(end_of_audio, padded_end))
         else:
             silence = following["start"] - speech["end"]
             # (silero clamps this end to the audio too, but the next speech starts after it: a no-op)

@@ -42,6 +42,8 @@ class VadSettings(BaseModel):
                                "parallel chunks, each re-reading warmup_s before it; lower latency on long files, "
                                "but segment edges near chunk borders may move by a few windows")
     warmup_s: float = Field(10.0, ge=0, description="audio re-read before each parallel chunk")
+    live_max_batch: int = Field(64, ge=1, description="live streams' VAD steps one Segmenter call may batch (steps "
+                                                      "that arrive while a batch runs form the next one)")
 
     @model_validator(mode="after")
     def _merge_fits(self):
@@ -75,6 +77,16 @@ class StreamSettings(BaseModel):
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame accepted")
 
 
+class BatchSettings(BaseModel):
+    """The Transcriber's batching: its ``user_config`` in serve_config.yaml, so it can be retuned on a running
+    service (``serve deploy``) without a restart; a bigger batch is warmed up before it is used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(4, ge=1, le=256, description="largest batch the Transcriber forms (seed: 4)")
+    batch_ms: float = Field(15.0, ge=0, le=1000, description="batching window in ms (seed: 15)")
+
+
 class AppSettings(BaseSettings):
     """The application's arguments (``args:`` in serve_config.yaml)."""
 
@@ -89,8 +101,6 @@ class AppSettings(BaseSettings):
     transcriber_gpus: Literal["auto"] | float = Field(
         "auto", description="GPUs per Transcriber replica; auto: 1 when the cluster has GPUs, else 0")
     transcriber_cpus: float = Field(1.0, gt=0, description="CPUs per Transcriber replica (sets torch threads)")
-    batch_ms: float = Field(15.0, ge=0, description="batching window in ms (seed: 15)")
-    max_batch_size: int = Field(4, ge=1, description="largest batch the Transcriber forms (seed: 4)")
     max_batch_audio_s: float = Field(
         1200.0, gt=0, description="a model batch holds at most this much (padded) audio; longer inputs that arrive "
                                   "together run one after the other, which bounds the Transcriber's memory")

@@ -2,7 +2,7 @@
 
 The ``silero-vad`` package ships a "sequence" export of its model that runs a whole block of windows per call with
 bit-identical probabilities to the stock one-window-at-a-time loop; we run it block by block with the LSTM state
-carried (``OnnxVadState``). Silero's state machine turns the probabilities into segments; we run it incrementally
+carried (``VadMemory``). Silero's state machine turns the probabilities into segments; we run it incrementally
 (``segmentation.SpeechTimeline``, checked against silero's ``get_speech_timestamps_from_probs``), then shape the
 segments for the recogniser: adjacent short segments are merged (fewer, fuller model inputs) and nothing is longer
 than ``max_segment_s`` (silero cuts over-long speech at its longest pause).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -29,55 +30,88 @@ CONTEXT_SAMPLES = 64  # each window also sees the previous window's last 64 samp
 STATE_SHAPE = (1, 1, 128)
 
 
-def silero_model_path(name: str = "silero_vad_16k_sequence.onnx") -> Path:
+SEQUENCE_MODEL = "silero_vad_16k_sequence.onnx"  # many windows of one audio per call
+BATCHED_MODEL = "silero_vad_16k_op15.onnx"  # one window of many audios per call (live streams)
+
+
+def silero_model_path(name: str = SEQUENCE_MODEL) -> Path:
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("The silero-vad package is not installed (pip install silero-vad).")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / name
 
 
-class OnnxVadState:
-    """Silero's sequence model over consecutive pieces of one audio, LSTM state and context carried between calls,
-    so the probabilities equal those of one pass over the whole (the per-connection state of a live stream too)."""
+@dataclass
+class VadMemory:
+    """What silero carries from one piece of an audio to the next: the LSTM state and the last 64 samples. Plain
+    arrays (no session), so a live stream's memory can travel with each call to any Segmenter replica."""
 
-    def __init__(self, session):
-        self.session = session  # onnxruntime.InferenceSession: stateless and thread-safe, shared
-        self.hidden = np.zeros(STATE_SHAPE, np.float32)
-        self.cell = np.zeros(STATE_SHAPE, np.float32)
-        self.context = np.zeros(CONTEXT_SAMPLES, np.float32)
+    hidden: np.ndarray = field(default_factory=lambda: np.zeros(STATE_SHAPE, np.float32))
+    cell: np.ndarray = field(default_factory=lambda: np.zeros(STATE_SHAPE, np.float32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT_SAMPLES, np.float32))
 
-    def forward(self, samples: np.ndarray) -> np.ndarray:
-        """Probabilities of the ``ceil(len / 512)`` windows of ``samples``; only the audio's last piece may end in
-        a partial window (it is zero-padded, as silero does)."""
-        count = -(-len(samples) // WINDOW_SAMPLES)
-        if count == 0:
-            return np.zeros(0, np.float32)
-        frames = np.zeros((count, WINDOW_SAMPLES), np.float32)
-        frames.reshape(-1)[:len(samples)] = samples
-        contexts = np.empty((count, CONTEXT_SAMPLES), np.float32)
-        contexts[0] = self.context
-        contexts[1:] = frames[:-1, -CONTEXT_SAMPLES:]
-        self.context = frames[-1, -CONTEXT_SAMPLES:].copy()
-        probs, self.hidden, self.cell = self.session.run(
-            ["speech_probs", "hn", "cn"],
-            {"input": np.concatenate([contexts, frames], axis=1), "h": self.hidden, "c": self.cell})
-        return np.asarray(probs).reshape(-1)
+
+def frame(samples: np.ndarray) -> np.ndarray:
+    """``samples`` as ``ceil(len / 512)`` windows; a partial last window is zero-padded, as silero does."""
+    frames = np.zeros((-(-len(samples) // WINDOW_SAMPLES), WINDOW_SAMPLES), np.float32)
+    frames.reshape(-1)[:len(samples)] = samples
+    return frames
+
+
+def sequence_probabilities(session, memory: VadMemory, frames: np.ndarray) -> np.ndarray:
+    """One audio's consecutive windows in one call of silero's sequence model; ``memory`` is carried on."""
+    if not len(frames):
+        return np.zeros(0, np.float32)
+    contexts = np.empty((len(frames), CONTEXT_SAMPLES), np.float32)
+    contexts[0] = memory.context
+    contexts[1:] = frames[:-1, -CONTEXT_SAMPLES:]
+    memory.context = frames[-1, -CONTEXT_SAMPLES:].copy()
+    probs, memory.hidden, memory.cell = session.run(
+        ["speech_probs", "hn", "cn"],
+        {"input": np.concatenate([contexts, frames], axis=1), "h": memory.hidden, "c": memory.cell})
+    return np.asarray(probs).reshape(-1)
+
+
+def batched_probabilities(session, memories: list[VadMemory], frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Several audios' next windows through silero's batched model, window ``w`` of every audio in one call (the
+    probabilities and state equal those of the sequence model, bit for bit: tests check it)."""
+    out = [np.zeros(len(f), np.float32) for f in frames]
+    sample_rate = np.array(SAMPLE_RATE, dtype=np.int64)
+    for w in range(max((len(f) for f in frames), default=0)):
+        rows = [i for i, f in enumerate(frames) if len(f) > w]
+        windows = np.stack([frames[i][w] for i in rows])
+        contexts = np.stack([memories[i].context for i in rows])
+        state = np.stack([np.concatenate([memories[i].hidden[0] for i in rows]),
+                          np.concatenate([memories[i].cell[0] for i in rows])])
+        probs, state = session.run(["output", "stateN"], {"input": np.concatenate([contexts, windows], axis=1),
+                                                         "state": state, "sr": sample_rate})
+        for row, i in enumerate(rows):
+            out[i][w] = probs[row, 0]
+            memories[i].hidden = state[0, row][None, None].copy()
+            memories[i].cell = state[1, row][None, None].copy()
+            memories[i].context = windows[row, -CONTEXT_SAMPLES:].copy()
+    return out
+
+
+def onnx_session(model_file: str, threads: int = 1):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # threads inside one call parallelise the convolutional front end over a block's windows; the results are
+    # bit-identical to one thread (checked in tests), so this only trades cores for one file's latency
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # the batched export logs unused initialisers at load
+    return onnxruntime.InferenceSession(str(silero_model_path(model_file)), sess_options=options,
+                                        providers=["CPUExecutionProvider"])
 
 
 class SpeechDetector:
     """Stateless per call: one instance serves every request of a Segmenter replica."""
 
     def __init__(self, settings: VadSettings):
-        import onnxruntime
-
         self.settings = settings
-        options = onnxruntime.SessionOptions()
-        # threads inside one call parallelise the convolutional front end over a block's windows; the results are
-        # bit-identical to one thread (checked in tests), so this only trades cores for one file's latency
-        options.intra_op_num_threads = settings.onnx_threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(silero_model_path()), sess_options=options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnx_session(SEQUENCE_MODEL, settings.onnx_threads)
         parallel = settings.threads > 1 and settings.parallel_chunk_s > 0
         self._chunk_pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad-chunk") \
             if parallel else None
@@ -113,10 +147,10 @@ class SpeechDetector:
 
     def _blocks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         """Probabilities of ``frames_per_call`` windows at a time, in order, the LSTM state carried across."""
-        state = OnnxVadState(self.session)
+        memory = VadMemory()
         block = self.settings.frames_per_call * WINDOW_SAMPLES
         for position in range(0, len(audio), block):
-            yield state.forward(audio[position:position + block])
+            yield sequence_probabilities(self.session, memory, frame(audio[position:position + block]))
 
     def _forward(self, audio: np.ndarray) -> np.ndarray:
         return np.concatenate([np.zeros(0, np.float32), *self._blocks(audio)])

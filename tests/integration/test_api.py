@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, tiny_model):
-    served = run_app(ray_cluster, model=str(tiny_model), batch_ms=50, max_batch_size=4,
+    # a wider batching window than production's 15 ms, so the batching test's requests surely meet
+    served = run_app(ray_cluster, {"Transcriber": {"user_config": {"batch_ms": 50}}}, model=str(tiny_model),
                      limits={"max_upload_mb": 2}, local_attention_above_s=60)
     yield served
     stop_app()

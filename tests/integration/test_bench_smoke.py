@@ -17,12 +17,15 @@ def test_quick_bench_produces_its_reports(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "smoke.json").read_text())
-    assert {r["config"] for r in report["rows"]} == {"vad_ts", "vad", "whole", "whole_ts", "stream"}
+    assert {r["config"] for r in report["rows"]} == {"vad_ts", "vad", "whole", "whole_ts", "stream", "stream_ts"}
     assert all(r["p50_ms"] > 0 and r["raw_ms"] > 0 and r["served_model_ms"] > 0 for r in report["rows"])
     # per-stage served time: VAD only with VAD on, the Aligner only when timestamps were asked for
     by_config = {r["config"]: r for r in report["rows"]}
     assert by_config["vad"]["served_vad_ms"] > 0 and by_config["whole"]["served_vad_ms"] == 0
     assert by_config["vad_ts"]["served_align_ms"] > 0 and by_config["vad"]["served_align_ms"] == 0
     assert report["vad_vs_silero"]["segments"] > 0
+    # concurrent live streams with 1 and 2 Segmenter replicas, their VAD run on the Segmenters
+    assert [r["segmenter_replicas"] for r in report["live_streams"]] == [1, 2]
+    assert all(r["throughput_x"] > 0 and r["segmenter_cpu_ms_per_audio_s"] > 0 for r in report["live_streams"])
     assert (tmp_path / "smoke.md").read_text().startswith("# Parakeet serving benchmark")
     assert (tmp_path / "smoke.png").stat().st_size > 1000

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import websockets
 
+from deployments.speech.audio import float_to_pcm16
+from deployments.stream_client import stream_pcm
 from tests.helpers import SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases
 from tests.integration.test_fidelity import assert_own_results
 
@@ -28,32 +30,10 @@ def ws_url(app, path: str = "/v1/audio/stream") -> str:
     return app.url.replace("http://", "ws://") + path
 
 
-def pcm(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-
-
 async def stream(url: str, audio: np.ndarray, config: dict | None = None, frame_bytes: int = 1024,
                  finish: bool = True) -> tuple[list[dict], int | None]:
-    events = []
-    async with websockets.connect(url, max_size=None) as ws:
-        if config is not None:
-            await ws.send(json.dumps(config))
-        data = pcm(audio)
-
-        async def send():
-            for offset in range(0, len(data), frame_bytes):
-                await ws.send(data[offset:offset + frame_bytes])
-            if finish:
-                await ws.send(json.dumps({"type": "end"}))
-
-        sender = asyncio.create_task(send())
-        try:
-            async for message in ws:
-                events.append(json.loads(message))
-        except websockets.ConnectionClosed:
-            pass
-        sender.cancel()
-        return events, ws.close_code
+    outcome = await stream_pcm(url, float_to_pcm16(audio), config, frame_bytes, finish=finish)
+    return outcome.events, outcome.close_code
 
 
 def finals(events):
@@ -183,7 +163,7 @@ def test_a_disconnect_mid_utterance_leaves_nothing_behind(app):
     async def leave_early():
         async with websockets.connect(ws_url(app)) as ws:
             await ws.send(json.dumps({"partials": True}))
-            data = pcm(recording.audio)
+            data = float_to_pcm16(recording.audio)
             for offset in range(0, len(data) * 2 // 3, 1024):
                 await ws.send(data[offset:offset + 1024])
             # gone without {"type": "end"}, mid-utterance

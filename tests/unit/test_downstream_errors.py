@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from ray.serve.exceptions import BackPressureError
 
-from deployments.ingress import _downstream
+from deployments.backends import downstream
 from deployments.speech.errors import InternalError, InvalidRequest, Overloaded
 
 
@@ -15,7 +15,7 @@ async def raising(exc):
 
 def test_overload_becomes_503_with_retry_after():
     with pytest.raises(Overloaded) as info:
-        asyncio.run(_downstream(raising(BackPressureError(num_queued_requests=10, max_queued_requests=10))))
+        asyncio.run(downstream(raising(BackPressureError(num_queued_requests=10, max_queued_requests=10))))
     assert info.value.status == 503 and info.value.headers["Retry-After"]
 
 
@@ -23,8 +23,8 @@ def test_client_errors_pass_through_and_worker_failures_hide_internals():
     import ray
 
     with pytest.raises(InvalidRequest):
-        asyncio.run(_downstream(raising(InvalidRequest("bad segment"))))
+        asyncio.run(downstream(raising(InvalidRequest("bad segment"))))
     task_error = ray.exceptions.RayTaskError("transcribe", "Traceback ... CUDA out of memory", RuntimeError("OOM"))
     with pytest.raises(InternalError) as info:
-        asyncio.run(_downstream(raising(task_error)))
+        asyncio.run(downstream(raising(task_error)))
     assert "CUDA" not in info.value.message and info.value.status == 500

@@ -47,13 +47,17 @@ def reference(probs: list[float], length: int, settings: VadSettings) -> list[tu
 
 
 def incremental(probs: list[float], length: int, settings: VadSettings, rng: random.Random) -> list[tuple[int, int]]:
+    """The timeline fed in random pieces; checks on the way that ``open_from()`` never promised too much."""
     timeline = SpeechTimeline(settings)
-    out, position = [], 0
+    out, position, bounds = [], 0, []  # bounds: (segments out so far, open_from then)
     while position < len(probs):
         step = rng.choice([1, 2, 7, 64, 300])
         out += timeline.push(probs[position:position + step])
+        bounds.append((len(out), timeline.open_from()))
         position += step
     out += timeline.finish(length)
+    for handed_out, open_from in bounds:
+        assert all(s.start >= open_from for s in out[handed_out:]), "a later segment started before open_from()"
     return [(s.start, s.end) for s in out]
 
 
@@ -101,6 +105,17 @@ def test_real_speech_gives_silero_segments_and_hands_them_out_early():
     everything = reference(probs, len(talk.audio), settings)
     in_first_half = [s for s in everything if s[1] < half * WINDOW_SAMPLES - 3 * SAMPLE_RATE]
     assert len(in_first_half) >= 3 and [(s.start, s.end) for s in early][:len(in_first_half)] == in_first_half
+
+
+def test_a_segment_is_handed_out_in_the_pause_not_when_the_next_speech_starts():
+    settings = VadSettings(merge_up_to_s=0)
+    pad_windows = settings.speech_pad_ms * SAMPLE_RATE // 1000 // WINDOW_SAMPLES + 1
+    timeline = SpeechTimeline(settings)
+    assert timeline.push([0.0] * 10 + [0.9] * 30) == [] and timeline.speech_open()
+    assert timeline.push([0.0] * pad_windows) == [], "the padding may still depend on speech that follows"
+    found = timeline.push([0.0] * (pad_windows + 2))
+    assert len(found) == 1 and not timeline.speech_open()
+    assert timeline.open_from() >= found[0].end
 
 
 def test_push_after_finish_is_an_error():

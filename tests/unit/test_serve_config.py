@@ -1,35 +1,64 @@
-"""serve_config.yaml is a valid Ray Serve config whose args are valid AppSettings; build_app composes the graph."""
+"""serve_config.yaml is a valid Ray Serve config whose args are valid AppSettings and whose deployment options are
+the only ones: build_app applies exactly them (the running app's options are checked in tests/integration)."""
 
 from pathlib import Path
 
 import yaml
 
-from deployments.speech.settings import AppSettings
+from deployments.speech.settings import AppSettings, BatchSettings
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+
+
+def bound_options(application) -> dict:
+    """Each deployment's options as build_app bound them, by name (Ingress.bind(segmenter, transcriber, aligner))."""
+    ingress = application._bound_deployment
+    deployments = [ingress, *(arg._bound_deployment for arg in ingress.init_args[:3])]
+    return {d.name: d for d in deployments}
 
 
 def test_serve_config_is_valid(monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
     monkeypatch.delenv("PARAKEET_MODEL", raising=False)
-    raw = yaml.safe_load(CONFIG.read_text())
-    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") \
-        else ServeDeploySchema.parse_obj(raw)
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
     app = schema.applications[0]
     assert app.name == "parakeet" and app.route_prefix == "/" and app.import_path == "deployments.app:build_app"
     settings = AppSettings(**app.args)
-    assert settings.model == "nvidia/parakeet-tdt-0.6b-v2" and settings.batch_ms == 15
+    assert settings.model == "nvidia/parakeet-tdt-0.6b-v2"
     assert settings.vad.min_silence_duration_ms == 30 and settings.vad.speech_pad_ms == 120
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {"Ingress", "Segmenter", "Transcriber", "Aligner"}
     transcriber = deployments["Transcriber"]
+    batching = BatchSettings(**transcriber.user_config)
+    assert batching == BatchSettings(max_batch_size=4, batch_ms=15)  # the seed's
     # every segment of several long files in flight fits in the replica (no backlog in the callers' routers)
-    assert transcriber.max_ongoing_requests >= 1024 >= settings.max_batch_size
-    assert transcriber.user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.015}
+    assert transcriber.max_ongoing_requests >= 1024 >= batching.max_batch_size
 
 
-def test_build_app_on_a_cpu_machine_asks_for_no_gpu(monkeypatch):
+def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch):
+    from deployments import app as app_module
+
+    monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
+    shipped = app_module.shipped_deployment_options()
+    bound = bound_options(app_module.build_app({"model": "/models/x.nemo"}))
+    for name, options in shipped.items():
+        config = bound[name]._deployment_config
+        for key, value in options.items():
+            if key == "ray_actor_options":
+                assert {k: bound[name].ray_actor_options[k] for k in value} == value, name
+            elif key == "autoscaling_config":
+                running = config.autoscaling_config.model_dump()
+                assert {k: running[k] for k in value} == value, name
+            else:
+                assert getattr(config, key) == value, (name, key)
+    # a caller's override changes one value and keeps the file's others
+    overridden = bound_options(app_module.build_app({"model": "/models/x.nemo"},
+                                                    {"Transcriber": {"user_config": {"batch_ms": 50}}}))
+    assert overridden["Transcriber"]._deployment_config.user_config == {"max_batch_size": 4, "batch_ms": 50}
+
+
+def test_transcriber_resources_come_from_the_settings(monkeypatch):
     from deployments import app as app_module
 
     monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
@@ -38,7 +67,5 @@ def test_build_app_on_a_cpu_machine_asks_for_no_gpu(monkeypatch):
     assert app_module.transcriber_gpus(AppSettings()) == 1.0
     assert app_module.transcriber_gpus(AppSettings(device="cpu")) == 0.0
     assert app_module.transcriber_gpus(AppSettings(transcriber_gpus=0.5)) == 0.5
-    application = app_module.build_app({"model": "/models/x.nemo"})
-    assert application is not None
-    transcriber = application._bound_deployment.init_args[1]  # Ingress.bind(segmenter, transcriber, ...)
-    assert transcriber._bound_deployment.max_ongoing_requests >= 1024
+    bound = bound_options(app_module.build_app({"model": "/models/x.nemo", "transcriber_cpus": 2}))
+    assert bound["Transcriber"].ray_actor_options == {"num_gpus": 1.0, "num_cpus": 2}

@@ -1,9 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from deployments.requests import LegacyRequest, OpenAIRequest
 from deployments.speech.errors import InvalidRequest
-from deployments.speech.settings import AppSettings
+from deployments.speech.protocol import EndOfStream, LegacyRequest, OpenAIRequest, StreamConfig
+from deployments.speech.settings import AppSettings, BatchSettings
 from deployments.speech.uploads import UploadForm
 
 
@@ -18,8 +18,12 @@ def test_env_overrides_config(monkeypatch):
 def test_defaults_and_typos(monkeypatch):
     monkeypatch.delenv("PARAKEET_MODEL", raising=False)
     settings = AppSettings()
-    assert settings.model == "nvidia/parakeet-tdt-0.6b-v2" and settings.max_batch_size == 4
-    assert settings.vad.speech_pad_ms == 120 and settings.batch_ms == 15
+    assert settings.model == "nvidia/parakeet-tdt-0.6b-v2" and settings.vad.speech_pad_ms == 120
+    assert BatchSettings() == BatchSettings(max_batch_size=4, batch_ms=15)  # the seed's batching
+    with pytest.raises(ValidationError):
+        BatchSettings(max_batch_size=0)
+    with pytest.raises(ValidationError):
+        BatchSettings(batch_wait_timeout_s=0.01)  # a typo'd or old key is an error, not ignored
     with pytest.raises(ValidationError):
         AppSettings(vad={"treshold": 0.3})
     with pytest.raises(ValidationError):
@@ -44,3 +48,13 @@ def test_openai_request_parsing():
 def test_legacy_request_defaults():
     parsed = LegacyRequest.from_form(form())
     assert parsed.include_timestamps is False and parsed.should_chunk is True
+
+
+def test_stream_config_and_end_message():
+    assert StreamConfig.model_validate_json('{"sample_rate": 8000}').sample_rate == 8000
+    for bad in ['{"sample_rate": 100}', '{"encoding": "opus"}', '{"volume": 3}']:
+        with pytest.raises(ValidationError):
+            StreamConfig.model_validate_json(bad)
+    assert EndOfStream.matches('{"type": "end"}')
+    assert not any(EndOfStream.matches(text) for text in ['{"type": "stop"}', "end", None, "[]",
+                                                          '{"type": "end", "x": 1}'])

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 TDT_DURATIONS = [0, 1, 2, 3, 4]
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 
 class ArchitectureSpec(BaseModel):

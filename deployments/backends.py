@@ -1,0 +1,85 @@
+"""The pipeline's ``Backends`` over Ray Serve handles: the only place the Ingress's requests meet Ray.
+
+Every call's failure is turned back into the ``ApiError`` a client should see: a deployment's own client error
+(raised inside a replica) passes through; full queues become 503 + Retry-After; anything else becomes a 500
+without internals (the log keeps the details).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator, Awaitable
+
+import numpy as np
+import ray
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from deployments.speech.errors import ApiError, InternalError, Overloaded
+from deployments.speech.live_vad import LiveVadState, LiveVadStep
+from deployments.speech.schemas import Segment, SegmentTokens, SpeechSegment, Word
+
+log = logging.getLogger("ray.serve")
+
+
+async def downstream(call: Awaitable):
+    """Await a handle call, turning Ray's wrappers back into the ApiError a client should see."""
+    try:
+        return await call
+    except ApiError:
+        raise
+    except (BackPressureError, DeploymentUnavailableError):
+        raise Overloaded("The service is at capacity; retry shortly.", retry_after_s=2) from None
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ApiError):
+            raise exc.cause from None
+        log.error("Downstream failure: %s", exc)
+        raise InternalError("A model worker failed while processing this request.") from None
+
+
+class GraphBackends:
+    def __init__(self, segmenter: DeploymentHandle, transcriber: DeploymentHandle, aligner: DeploymentHandle):
+        self.segmenter = segmenter
+        self.transcriber = transcriber
+        self.aligner = aligner
+
+    def put(self, audio: np.ndarray) -> ray.ObjectRef:
+        return ray.put(audio)  # once; every downstream call gets the reference, not the samples
+
+    async def segments(self, audio_ref: ray.ObjectRef) -> AsyncIterator[list[SpeechSegment]]:
+        stream = self.segmenter.options(stream=True).segments_stream.remote(audio_ref)
+        try:
+            while True:
+                try:
+                    found = await downstream(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield found
+        finally:
+            stream.cancel()
+
+    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int) -> DeploymentResponse:
+        return self.transcriber.transcribe.remote(audio_ref, start, end)
+
+    async def collect(self, call: DeploymentResponse) -> SegmentTokens:
+        return await downstream(call)
+
+    async def transcribe_samples(self, samples: np.ndarray) -> SegmentTokens:
+        return await downstream(self.transcriber.transcribe.remote(samples))
+
+    async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
+                    ) -> tuple[list[Word], list[Segment]]:
+        return await downstream(self.aligner.align.remote(pieces, duration))
+
+    async def vad_step(self, state: LiveVadState, samples: np.ndarray, last: bool) -> LiveVadStep:
+        return await downstream(self.segmenter.live_step.remote(state, samples, last))
+
+    async def ready(self) -> Any:
+        """The Transcriber's model description once every deployment answers."""
+        model, _, _ = await downstream(_gather(self.transcriber.ready.remote(), self.segmenter.ready.remote(),
+                                               self.aligner.ready.remote()))
+        return model
+
+
+async def _gather(*calls: DeploymentResponse) -> list:
+    return [await call for call in calls]

@@ -1,0 +1,66 @@
+"""FastAPI glue for the Ingress: the error handlers, reading an upload, and rendering a result as a response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.speech import formats
+from deployments.speech.errors import ApiError, InternalError, InvalidRequest
+from deployments.speech.protocol import ErrorInfo, ErrorResponse, OpenAIRequest
+from deployments.speech.schemas import TranscriptionResult
+from deployments.speech.uploads import UploadForm, read_form
+
+log = logging.getLogger("ray.serve")
+Options = TypeVar("Options")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=ErrorInfo.of(error)).model_dump(), status_code=error.status,
+                        headers=error.headers)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Every error leaves as ``{"error": {"message", "type", "code"}}`` with its status; never a stack trace."""
+
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest(f"Invalid request: {exc.errors()}", code="invalid_request"))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ApiError(str(exc.detail), code=str(exc.status_code))
+        error.status, error.type = exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(error)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unhandled error", exc_info=exc)
+        return error_response(InternalError("Internal server error."))
+
+
+async def read_upload(request: Request, parse_options: Callable[[UploadForm], Options], max_upload_bytes: int
+                      ) -> tuple[Options, bytes]:
+    """The multipart form (byte-counted as it arrives) -> validated options and the file's bytes."""
+    form = await read_form(request.headers.get("content-type"), request.headers.get("content-length"),
+                           request.stream(), max_upload_bytes)
+    options = parse_options(form)
+    if form.file is None:
+        raise InvalidRequest("Attach the audio as the 'file' form field.", code="missing_file")
+    return options, form.file
+
+
+def openai_response(result: TranscriptionResult, options: OpenAIRequest) -> Response:
+    body = formats.render(result, options.response_format, options.granularities)
+    if isinstance(body, dict):
+        return JSONResponse(body)
+    return PlainTextResponse(body, media_type=formats.MEDIA_TYPES[options.response_format])

@@ -1,0 +1,154 @@
+"""What the Ingress does with a request, without Ray: decode -> speech segments -> fan-out to the model -> align.
+
+The graph's deployments are reached through ``Backends`` (the Ingress passes Ray handles wrapped in
+``deployments/backends.py``; unit tests pass fakes). The pipeline owns the request: it decodes and validates the
+audio once, bounds the request's time, and turns failures into the ``ApiError`` a client should see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Union
+
+import numpy as np
+
+from . import audio as audio_io
+from .errors import ApiError, InternalError, Overloaded
+from .fan_out import Cancellable, transcribe_as_found
+from .live import live_events
+from .live_vad import LiveVadState, LiveVadStep
+from .parakeet_defaults import SAMPLE_RATE
+from .protocol import ErrorInfo, SseError, SseEvent, StreamEvent, TranscriptTextDelta, TranscriptTextDone
+from .schemas import Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word
+from .settings import AppSettings
+from .timestamps import join_text
+from .vad import whole_file
+
+log = logging.getLogger(__name__)
+AudioInput = Union[bytes, bytearray, memoryview, np.ndarray, list]
+
+
+class Backends(Protocol):
+    """The deployments the pipeline calls."""
+
+    def put(self, audio: np.ndarray) -> Any:
+        """Store the audio once; what is returned is passed to ``segments`` and ``transcribe`` instead."""
+
+    def segments(self, audio_ref: Any) -> AsyncIterator[list[SpeechSegment]]:
+        """Speech segments in order, as VAD finds them."""
+
+    def transcribe(self, audio_ref: Any, start: int, end: int) -> Cancellable:
+        """Start one segment's transcription (a batched model call) without waiting for it."""
+
+    async def collect(self, call: Cancellable) -> SegmentTokens: ...
+
+    async def transcribe_samples(self, samples: np.ndarray) -> SegmentTokens: ...
+
+    async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
+                    ) -> tuple[list[Word], list[Segment]]: ...
+
+    async def vad_step(self, state: LiveVadState, samples: np.ndarray, last: bool) -> LiveVadStep: ...
+
+
+@dataclass
+class LoadedAudio:
+    samples: np.ndarray  # float32, 16 kHz, mono
+    duration: float  # seconds
+
+
+class TranscriptionPipeline:
+    def __init__(self, backends: Backends, settings: AppSettings):
+        self.backends = backends
+        self.settings = settings
+
+    async def load(self, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
+        """Encoded bytes (any format FFmpeg reads) or samples at ``sample_rate`` -> validated 16 kHz mono.
+        Decoding runs on a worker thread: never on the event loop."""
+        if isinstance(audio, (bytes, bytearray, memoryview)):
+            samples = await asyncio.to_thread(audio_io.decode, bytes(audio))
+        else:
+            samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate)
+        return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))
+
+    async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool,
+                         on_text: Callable[[str], Awaitable[None]] | None = None) -> TranscriptionResult:
+        """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text, in
+        order, as soon as it is ready."""
+        try:
+            return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, on_text),
+                                          self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise Overloaded(f"The request took longer than {self.settings.request_timeout_s:g} s.",
+                             code="timeout") from None
+
+    async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool,
+                          on_text: Callable[[str], Awaitable[None]] | None) -> TranscriptionResult:
+        # Each segment goes to the model the moment VAD hands it out, so transcription overlaps VAD; the audio is
+        # stored once and every call carries the reference with its (start, end).
+        audio_ref = self.backends.put(audio.samples)
+        segments, tokens = await transcribe_as_found(
+            self._speech(audio_ref, len(audio.samples), vad),
+            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end),
+            collect=self.backends.collect, on_text=on_text)
+        result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]))
+        if timestamps:
+            pieces = [(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)]
+            result.words, result.segments = await self.backends.align(pieces, audio.duration)
+        return result
+
+    async def _speech(self, audio_ref: Any, total_samples: int, vad: bool) -> AsyncIterator[list[SpeechSegment]]:
+        if not vad:
+            yield whole_file(total_samples)
+            return
+        async for found in self.backends.segments(audio_ref):
+            yield found
+
+    async def text_events(self, audio: LoadedAudio, *, vad: bool) -> AsyncIterator[SseEvent]:
+        """OpenAI's ``transcript.text.delta`` per finished segment, then ``transcript.text.done``; a failure
+        after the first event is an ``error`` event (the HTTP status was already sent)."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_text(text: str) -> None:
+            await queue.put(text)
+
+        async def run() -> TranscriptionResult:
+            try:
+                return await self.transcribe(audio, timestamps=False, vad=vad, on_text=on_text)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.create_task(run())
+        try:
+            first = True
+            while (text := await queue.get()) is not None:
+                yield TranscriptTextDelta(delta=text if first else " " + text)
+                first = False
+            yield TranscriptTextDone(text=(await task).text)
+        except ApiError as exc:
+            yield SseError(error=ErrorInfo.of(exc))
+        except Exception:  # noqa: BLE001 - the client gets a clean error event; the log has the details
+            log.exception("SSE transcription failed")
+            yield SseError(error=ErrorInfo.of(InternalError("Internal server error.")))
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool
+             ) -> AsyncIterator[StreamEvent]:
+        """A live stream's events: VAD on the Segmenter replicas, utterances to the model, words when asked."""
+        return live_events(chunks, self.backends.vad_step, self.backends.transcribe_samples,
+                           self.backends.align if timestamps else None, self.settings.stream, self.settings.vad,
+                           partials)
+
+    def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool
+               ) -> AsyncIterator[StreamEvent]:
+        """A whole recording fed to the live pipeline in ``chunk_ms`` pieces (the handle's ``transcribe_stream``)."""
+        step = max(1, int(chunk_ms * SAMPLE_RATE / 1000))
+
+        async def chunks() -> AsyncIterator[np.ndarray]:
+            for start in range(0, len(audio.samples), step):
+                yield audio.samples[start:start + step]
+
+        return self.live(chunks(), timestamps=timestamps, partials=partials)

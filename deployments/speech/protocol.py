@@ -1,0 +1,205 @@
+"""The public protocol: request options, response bodies and stream events, as pydantic models (no Ray).
+
+HTTP form fields become ``OpenAIRequest`` / ``LegacyRequest`` (validated here, so every bad value gets a 400 that
+names the field); WebSocket streams speak ``StreamConfig`` in and ``StreamEvent`` out; the OpenAI SSE stream speaks
+``SseEvent``. Errors everywhere carry the same ``ErrorInfo`` (``{"message", "type", "code"}``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ApiError, InvalidRequest
+from .formats import RESPONSE_FORMATS
+from .parakeet_defaults import SAMPLE_RATE
+from .schemas import Word
+from .uploads import UploadForm
+
+GRANULARITIES = ("word", "segment")
+LANGUAGES = ("", "en", "english")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    code: Optional[str] = None
+
+    @classmethod
+    def of(cls, error: ApiError) -> "ErrorInfo":
+        return cls(message=error.message, type=error.type, code=error.code)
+
+
+class ErrorResponse(BaseModel):
+    """Every HTTP error body."""
+
+    error: ErrorInfo
+
+
+# ---------------------------------------------------------------------------------------------- HTTP requests
+
+def parse_bool(name: str, value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise InvalidRequest(f"{name} must be true or false, got {value!r}.", code="invalid_parameter")
+
+
+class OpenAIRequest(BaseModel):
+    """``POST /v1/audio/transcriptions`` after validation."""
+
+    response_format: str = "json"
+    granularities: set[str] = Field(default_factory=set)
+    stream: bool = False
+    vad: bool = True
+
+    @property
+    def timestamps(self) -> bool:
+        # Segment times are needed for verbose_json, srt and vtt; only then is the Aligner called.
+        return self.response_format in ("verbose_json", "srt", "vtt")
+
+    @classmethod
+    def from_form(cls, form: UploadForm) -> "OpenAIRequest":
+        response_format = (form.get("response_format") or "json").strip()
+        if response_format not in RESPONSE_FORMATS:
+            raise InvalidRequest(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; "
+                                 f"got {response_format!r}.", code="invalid_response_format")
+        granularities = {g.strip() for g in form.get_all("timestamp_granularities[]", "timestamp_granularities")
+                         if g.strip()}
+        unknown = granularities - set(GRANULARITIES)
+        if unknown:
+            raise InvalidRequest(f"timestamp_granularities accepts 'word' and 'segment'; got "
+                                 f"{', '.join(sorted(unknown))}.", code="invalid_timestamp_granularities")
+        language = (form.get("language") or "").strip().lower()
+        if language not in LANGUAGES:
+            raise InvalidRequest(f"language {language!r} is not supported: parakeet-tdt-0.6b-v2 transcribes "
+                                 "English only (language=en).", code="unsupported_language")
+        _check_temperature(form.get("temperature"))
+        stream = parse_bool("stream", form.get("stream"), False)
+        if stream and response_format not in ("json", "text"):
+            raise InvalidRequest("stream=true returns text events; use response_format json or text with it.",
+                                 code="invalid_parameter")
+        return cls(response_format=response_format, granularities=granularities, stream=stream,
+                   vad=parse_bool("vad", form.get("vad"), True))
+
+
+def _check_temperature(temperature: str | None) -> None:
+    if temperature in (None, ""):
+        return
+    try:
+        value = float(temperature)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise InvalidRequest(f"temperature must be a number between 0 and 1; got {temperature!r}.",
+                             code="invalid_parameter")
+
+
+class LegacyRequest(BaseModel):
+    """The old server's ``POST /transcribe``."""
+
+    include_timestamps: bool = False
+    should_chunk: bool = True
+
+    @classmethod
+    def from_form(cls, form: UploadForm) -> "LegacyRequest":
+        return cls(include_timestamps=parse_bool("include_timestamps", form.get("include_timestamps"), False),
+                   should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True))
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI SSE
+
+class TranscriptTextDelta(BaseModel):
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptTextDone(BaseModel):
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+
+
+class SseError(BaseModel):
+    """A failure after the stream began (the status line was already sent): the error body under ``error``."""
+
+    type: Literal["error"] = "error"
+    error: ErrorInfo
+
+
+SseEvent = Union[TranscriptTextDelta, TranscriptTextDone, SseError]
+
+
+def sse_frame(event: SseEvent) -> str:
+    return f"data: {event.model_dump_json()}\n\n"
+
+
+# ---------------------------------------------------------------------------------------------- live streams
+
+class StreamConfig(BaseModel):
+    """The optional first text message of a stream (``/v1/audio/stream``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: int = Field(SAMPLE_RATE, ge=8000, le=192000)
+    encoding: Literal["pcm_s16le"] = "pcm_s16le"
+    timestamps: bool = False
+    partials: bool = True
+
+
+class EndOfStream(BaseModel):
+    """The client's last message: flush the open utterance, then ``done``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["end"]
+
+    @classmethod
+    def matches(cls, text: str | None) -> bool:
+        try:
+            cls.model_validate(json.loads(text or ""))
+        except ValueError:
+            return False
+        return True
+
+
+class PartialEvent(BaseModel):
+    type: Literal["partial"] = "partial"
+    id: int
+    text: str
+
+
+class FinalEvent(BaseModel):
+    type: Literal["final"] = "final"
+    id: int
+    text: str
+    start: float
+    end: float
+    words: Optional[list[Word]] = None  # only when the stream asked for timestamps
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"] = "done"
+
+
+class StreamError(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+    code: Optional[str] = None
+
+
+StreamEvent = Union[PartialEvent, FinalEvent, DoneEvent, StreamError]
+
+
+def event_dict(event: StreamEvent) -> dict:
+    """What goes on the wire (and what ``transcribe_stream`` yields): ``words`` only when asked for."""
+    return event.model_dump(exclude_none=True)
