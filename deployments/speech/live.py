@@ -113,12 +113,11 @@ class AudioWindow:
 
 
 def _pieces(samples: np.ndarray, most: int, ended: bool) -> list[tuple[np.ndarray, bool]]:
-    """VAD steps for what arrived: one, or with partials at most ``most`` samples each, so a partial is due every
-    ``partial_interval_ms`` of audio even when the client sends faster than real time. The last one carries
-    ``ended``."""
-    bounds = list(range(0, len(samples), most)) if most and len(samples) > most else [0]
-    return [(samples[start:start + most] if most else samples[start:], ended and index == len(bounds) - 1)
-            for index, start in enumerate(bounds)]
+    """What arrived as VAD steps of at most ``most`` samples (the last one carries ``ended``). A client sending
+    faster than real time still gets its segments block by block, so the model works while VAD reads on (as for
+    files), and a partial every ``partial_interval_ms`` of audio."""
+    starts = range(0, max(len(samples), 1), most)
+    return [(samples[start:start + most], ended and start == starts[-1]) for start in starts]
 
 
 async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, transcribe: Transcribe,
@@ -128,6 +127,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     joiner = UtteranceJoiner(stream, vad, partials)
+    step_samples = min(joiner.partial_every or vad.frames_per_call * 512, vad.frames_per_call * 512)
     audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []
 
@@ -175,7 +175,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
                 new = [p for p in pieces if isinstance(p, np.ndarray) and p.size]
                 joined = np.concatenate(new) if new else np.zeros(0, np.float32)
                 audio.append(joined)
-                for piece, last in _pieces(joined, joiner.partial_every, ended):
+                for piece, last in _pieces(joined, step_samples, ended):
                     step = await vad_step(state, piece, last)
                     state = step.state
                     await issue(joiner.update(step))
