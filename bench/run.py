@@ -301,6 +301,50 @@ def live_streams(served: Served, count: int, seconds: float) -> list[dict]:
     return rows
 
 
+def turn_latency(served: Served, session_counts: list[int], seconds: float) -> list[dict]:
+    """Audio sent at real-time pace (100 ms chunks); for every utterance, the time from the end of its audio to its
+    final transcript: ``final`` on our stream, ``...transcription.completed`` on the Realtime protocol (whose audio
+    goes in at OpenAI's default 24 kHz). Both end an utterance on the same pause rule, so the difference is what
+    the protocol adds."""
+    import soxr
+
+    from deployments.speech.audio import float_to_pcm16
+    from deployments.stream_client import realtime_pcm, stream_pcm
+
+    base = served.url.replace("http", "ws")
+
+    async def one(protocol: str, audio: np.ndarray) -> list[float]:
+        started = time.perf_counter()
+        arrivals: list[tuple[dict, float]] = []
+
+        def seen(event: dict) -> None:
+            arrivals.append((event, time.perf_counter() - started))
+
+        if protocol == "stream":
+            await stream_pcm(base + "/v1/audio/stream", float_to_pcm16(audio), {"sample_rate": SAMPLE_RATE},
+                             frame_bytes=SAMPLE_RATE * 2 // 10, realtime=True, on_event=seen)
+            return [at - e["end"] for e, at in arrivals if e["type"] == "final"]
+        at_24k = soxr.resample(audio, SAMPLE_RATE, 24000).astype(np.float32)
+        await realtime_pcm(base + "/v1/realtime", float_to_pcm16(at_24k), 24000, on_event=seen)
+        ends = {e["item_id"]: e["audio_end_ms"] / 1000 for e, _ in arrivals
+                if e["type"] == "input_audio_buffer.speech_stopped"}
+        return [at - ends[e["item_id"]] for e, at in arrivals
+                if e["type"] == "conversation.item.input_audio_transcription.completed" and e["item_id"] in ends]
+
+    rows = []
+    for count in session_counts:
+        audios = [synthetic_speech(seconds, seed=2000 + i) for i in range(count)]
+        for protocol in ("stream", "realtime"):
+            async def everyone() -> list[list[float]]:
+                return await asyncio.gather(*[one(protocol, audio) for audio in audios])
+
+            latencies = [value * 1000 for per_session in asyncio.run(everyone()) for value in per_session]
+            rows.append({"protocol": protocol, "sessions": count, "turns": len(latencies),
+                         **{k: v for k, v in summarise(latencies).items() if k in ("p50_ms", "p95_ms")}})
+            print(f"turn latency: {rows[-1]}", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 def summarise(latencies: list[float]) -> dict:
@@ -348,6 +392,11 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['streams']} x {r['seconds_each']:g} | {r['segmenter_replicas']} | {r['wall_s']} | "
                          f"{r['throughput_x']} | {r['ingress_cpu_ms_per_audio_s']} | "
                          f"{r['segmenter_cpu_ms_per_audio_s']} | {r['steps_per_batch_one_replica']} |")
+    if report.get("turn_latency"):
+        lines += ["", "End of an utterance's audio -> its final transcript (audio at real-time pace):", "",
+                  "| protocol | sessions | turns | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+        for r in report["turn_latency"]:
+            lines.append(f"| {r['protocol']} | {r['sessions']} | {r['turns']} | {r['p50_ms']} | {r['p95_ms']} |")
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]
     for name, value in extra.items():
@@ -403,6 +452,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--live-streams", type=int, default=16,
                         help="concurrent live streams measured with 1 and 2 Segmenter replicas (0: skip)")
     parser.add_argument("--live-seconds", type=float, default=60, help="audio per live stream")
+    parser.add_argument("--turn-sessions", type=int, nargs="*", default=[1, 16],
+                        help="concurrent sessions for the turn-latency rows (our stream vs the Realtime protocol)")
+    parser.add_argument("--turn-seconds", type=float, default=20, help="audio per session in those rows")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
@@ -412,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.minutes, args.concurrency, args.rounds = [1 / 3], [1], 1
         args.live_streams, args.live_seconds = 4, 10
+        args.turn_sessions, args.turn_seconds = [1], 8
 
     from tqdm import tqdm
 
@@ -455,6 +508,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report["rows"] += measure_clip(served, raw, sampler, name, audio, args, idle, progress)
                 _save_json(report, args)  # partial results survive an interrupted run
             report["cuda_max_allocated_mb"] = served.stats().get("cuda_max_allocated_mb")
+            if args.turn_sessions:
+                report["turn_latency"] = turn_latency(served, args.turn_sessions, args.turn_seconds)
             if args.live_streams:
                 report["live_streams"] = live_streams(served, args.live_streams, args.live_seconds)
         finally:
@@ -559,6 +614,11 @@ def checks(report: dict) -> dict:
                       and r["config"] not in STREAMED]
         if served_raw:
             out[f"served / raw at concurrency 1, {m:g} min (target <= 1.15)"] = served_raw
+    for count in sorted({r["sessions"] for r in report.get("turn_latency", [])}):
+        by = {r["protocol"]: r for r in report["turn_latency"] if r["sessions"] == count}
+        if by.get("stream", {}).get("p50_ms") and by.get("realtime", {}).get("p50_ms"):
+            out[f"Realtime / stream turn latency p50, {count} sessions (target <= 1.05)"] = round(
+                by["realtime"]["p50_ms"] / by["stream"]["p50_ms"], 3)
     vad = report["vad_vs_silero"]
     out["VAD speed-up over silero's loop (target >= 2)"] = f"{vad['speedup']}x, segments match: {vad['segments_match']}"
     best = max((r["throughput_x"] for r in rows), default=None)

@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.backends import GraphBackends
 from deployments.http_api import install_error_handlers, openai_response, read_upload
 from deployments.metrics import IngressMetrics
+from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import formats
 from deployments.speech.pipeline import AudioInput, TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
@@ -76,6 +77,12 @@ class Ingress:
     @api.websocket("/ws")
     async def stream_alias(self, websocket: WebSocket) -> None:
         await self.stream(websocket)
+
+    @api.websocket("/v1/realtime")
+    async def realtime(self, websocket: WebSocket) -> None:
+        """OpenAI's Realtime transcription protocol (``?intent=transcription``) over the same live pipeline."""
+        connection = RealtimeConnection(websocket, self.pipeline, self.settings, self.slots)
+        self.metrics.stream_ended(await connection.serve())
 
     # ---------------------------------------------------------------- HTTP
 

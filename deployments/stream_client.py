@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import soundfile as sf
 
@@ -34,6 +34,16 @@ def read_pcm16(path: str) -> tuple[bytes, int]:
     return float_to_pcm16(audio.mean(axis=1)), rate
 
 
+async def paced(pcm: bytes, frame_bytes: int, rate: int, realtime: bool) -> AsyncIterator[bytes]:
+    """PCM16 frames, each (with ``realtime``) no sooner than its audio would have been spoken."""
+    started = time.perf_counter()
+    for offset in range(0, len(pcm), frame_bytes):
+        yield pcm[offset:offset + frame_bytes]
+        if realtime:
+            due = (offset + frame_bytes) / 2 / rate
+            await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
+
+
 async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_bytes: int = 1024,
                      realtime: bool = False, finish: bool = True,
                      on_event: Callable[[dict], None] | None = None) -> StreamOutcome:
@@ -48,12 +58,8 @@ async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_byt
             await ws.send(json.dumps(config))
 
         async def send() -> None:
-            started = time.perf_counter()
-            for offset in range(0, len(pcm), frame_bytes):
-                await ws.send(pcm[offset:offset + frame_bytes])
-                if realtime:
-                    due = (offset + frame_bytes) / 2 / rate
-                    await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
+            async for frame in paced(pcm, frame_bytes, rate, realtime):
+                await ws.send(frame)
             if finish:
                 await ws.send(json.dumps({"type": "end"}))
 
@@ -66,6 +72,50 @@ async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_byt
                     on_event(event)
         except websockets.ConnectionClosed:
             pass
+        finally:
+            sender.cancel()
+        outcome.close_code = ws.close_code
+    return outcome
+
+
+async def realtime_pcm(url: str, pcm: bytes, rate: int = 24000, chunk_ms: int = 100, realtime: bool = True,
+                       session: dict | None = None, on_event: Callable[[dict], None] | None = None) -> StreamOutcome:
+    """The same audio through OpenAI's Realtime transcription protocol (``url`` ending in ``/v1/realtime``):
+    base64 appends of ``chunk_ms``, a commit at the end (so the last turn is transcribed), events until every
+    turn has its ``completed`` (or ``failed``) and the server has handled the commit."""
+    import base64
+
+    import websockets
+
+    outcome = StreamOutcome()
+    session = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}}},
+               **(session or {})}
+    async with websockets.connect(url + "?intent=transcription", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+
+        async def send() -> None:
+            async for chunk in paced(pcm, rate * 2 * chunk_ms // 1000, rate, realtime):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(chunk).decode()}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
+
+        sender = asyncio.create_task(send())
+        updates, open_items = 0, set()
+        try:
+            async for message in ws:
+                event = json.loads(message)
+                outcome.events.append(event)
+                if on_event:
+                    on_event(event)
+                kind = event["type"]
+                updates += kind == "session.updated"
+                if kind == "input_audio_buffer.committed":
+                    open_items.add(event["item_id"])
+                elif kind.rsplit(".", 1)[-1] in ("completed", "failed"):
+                    open_items.discard(event.get("item_id"))
+                if kind == "error" or (updates == 2 and not open_items):
+                    break
         finally:
             sender.cancel()
         outcome.close_code = ws.close_code

@@ -45,7 +45,7 @@ def render(result: TranscriptionResult, response_format: str, granularities: set
         return srt(result.segments)
     if response_format == "vtt":
         return vtt(result.segments)
-    body = result.model_dump()
+    body = result.model_dump(exclude={"logprobs"} if result.logprobs is None else None)
     # OpenAI returns only the granularities asked for (segments by default).
     if granularities and "segment" not in granularities:
         body.pop("segments")

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Literal
 
 import numpy as np
 
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
-from .protocol import FinalEvent, PartialEvent, StreamEvent
-from .schemas import Segment, SegmentTokens, SpeechSegment, Word
+from .protocol import FinalEvent, LiveEvent, PartialEvent, SpeechStarted, SpeechStopped
+from .schemas import Segment, SegmentTokens, SpeechSegment, Word, token_logprobs
 from .settings import StreamSettings, VadSettings
 
 VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
@@ -35,12 +35,16 @@ _END = object()
 
 @dataclass
 class Utterance:
-    """A stretch of the stream to transcribe: a finished utterance, or the open one so far (a partial)."""
+    """What the joiner decided: an utterance (turn) began, a partial of the open one is due, or one is final."""
 
     id: int
     start: int  # samples from the start of the stream (16 kHz)
     end: int
-    final: bool
+    kind: Literal["start", "partial", "final"]
+
+    @property
+    def final(self) -> bool:
+        return self.kind == "final"
 
 
 class UtteranceJoiner:
@@ -52,6 +56,7 @@ class UtteranceJoiner:
         self.min_speech = int(vad.min_speech_duration_ms * SAMPLE_RATE / 1000)
         self.partial_every = int(stream.partial_interval_ms * SAMPLE_RATE / 1000) if partials else 0
         self.pending: SpeechSegment | None = None  # final segments not yet sent as an utterance
+        self.turn_open = False  # an utterance has begun (its "start" was announced) and is not final yet
         self.next_id = 0
         self.last_partial_at = 0
 
@@ -63,12 +68,21 @@ class UtteranceJoiner:
                                         or segment.end - pending.start > self.max_length):
                 out.append(self._final(step.position))
                 pending = None
+            if pending is None:
+                self._start(segment.start, out)
             self.pending = segment if pending is None else SpeechSegment(start=pending.start, end=segment.end)
         # the utterance is over when no later segment can start within end_of_utterance_ms of its end
         if self.pending is not None and (step.open_from is None or step.open_from - self.pending.end >= self.end_gap):
             out.append(self._final(step.position))
+        if step.speech_open and step.open_from is not None:
+            self._start(step.open_from, out)
         partial = self._partial(step)
         return out + ([partial] if partial else [])
+
+    def _start(self, sample: int, out: list[Utterance]) -> None:
+        if not self.turn_open:
+            self.turn_open = True
+            out.append(Utterance(self.next_id, sample, sample, "start"))
 
     def keep_from(self, step: LiveVadStep) -> int:
         """Audio before this sample is never transcribed again."""
@@ -83,11 +97,12 @@ class UtteranceJoiner:
         if step.position - start < self.min_speech:
             return None
         self.last_partial_at = step.position
-        return Utterance(self.next_id, start, step.position, final=False)
+        return Utterance(self.next_id, start, step.position, "partial")
 
     def _final(self, position: int) -> Utterance:
-        utterance = Utterance(self.next_id, self.pending.start, self.pending.end, final=True)
+        utterance = Utterance(self.next_id, self.pending.start, self.pending.end, "final")
         self.pending = None
+        self.turn_open = False
         self.next_id += 1
         self.last_partial_at = position
         return utterance
@@ -122,8 +137,10 @@ def _pieces(samples: np.ndarray, most: int, ended: bool) -> list[tuple[np.ndarra
 
 async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, transcribe: Transcribe,
                       align: Align | None, stream: StreamSettings, vad: VadSettings, partials: bool = True,
-                      ) -> AsyncIterator[StreamEvent]:
-    """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32), in order."""
+                      turns: bool = False, logprobs: bool = False) -> AsyncIterator[LiveEvent]:
+    """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32), in order; with ``turns`` also
+    ``speech_started`` when an utterance begins and ``speech_stopped`` as soon as it is known to be over (before
+    its transcription); with ``logprobs`` each token's log-probability in partials and finals."""
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     joiner = UtteranceJoiner(stream, vad, partials)
@@ -140,18 +157,31 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
             return
         await incoming.put(_END)
 
-    async def event_for(utterance: Utterance, samples: np.ndarray) -> StreamEvent | None:
+    async def event_for(utterance: Utterance, samples: np.ndarray) -> LiveEvent | None:
         tokens = await transcribe(samples)
+        scores = token_logprobs(tokens) if logprobs else None
         if not utterance.final:
-            return PartialEvent(id=utterance.id, text=tokens.text) if tokens.text else None
+            return PartialEvent(id=utterance.id, text=tokens.text, logprobs=scores) if tokens.text else None
         start, end = utterance.start / SAMPLE_RATE, utterance.end / SAMPLE_RATE
-        event = FinalEvent(id=utterance.id, text=tokens.text, start=round(start, 3), end=round(end, 3))
+        event = FinalEvent(id=utterance.id, text=tokens.text, start=round(start, 3), end=round(end, 3),
+                           logprobs=scores)
         if align is not None:
             event.words, _ = await align([(tokens, start, end)], end)
         return event
 
+    async def announce(event: LiveEvent) -> None:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(event)
+        await results.put(done)
+
     async def issue(utterances: list[Utterance]) -> None:
         for utterance in utterances:
+            if utterance.kind == "start":
+                if turns:
+                    await announce(SpeechStarted(id=utterance.id, start=round(utterance.start / SAMPLE_RATE, 3)))
+                continue
+            if utterance.final and turns:
+                await announce(SpeechStopped(id=utterance.id, end=round(utterance.end / SAMPLE_RATE, 3)))
             if not utterance.final:
                 if partial_in_flight and not partial_in_flight[0].done():
                     continue  # one partial at a time: a slow model gets fewer, fresher partials

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -113,7 +114,13 @@ class ParakeetRecognizer:
             decoding_cfg.tdt_include_token_duration = True
             decoding_cfg.greedy.loop_labels = True
             decoding_cfg.greedy.use_cuda_graph_decoder = self.device.startswith("cuda")
+            # Each emitted token's confidence, computed by the decoder in the same pass from the joint's token
+            # log-softmax: "max_prob" with alpha 1 is (p * v - 1) / (v - 1), p the greedy token's probability
+            # (the largest) over the v = vocabulary + blank outputs, so ``_token_logprob`` recovers log p exactly.
+            decoding_cfg.confidence_cfg = {"preserve_token_confidence": True, "exclude_blank": True,
+                                           "method_cfg": {"name": "max_prob", "alpha": 1.0}}
         self.model.change_decoding_strategy(decoding_cfg, verbose=False)
+        self._confidence_classes = int(self.model.decoding.decoding.num_tokens)
 
     def _encoder_for(self, longest_samples: int):
         """Full attention normally; a local-attention copy of the encoder for very long inputs (memory ~ T^2)."""
@@ -180,10 +187,24 @@ class ParakeetRecognizer:
         durations = _as_int_list(getattr(hypothesis, "token_duration", None))[:len(ids)]
         if len(durations) < len(ids):  # a plain RNNT model: every token lasts one frame
             durations = durations + [1] * (len(ids) - len(durations))
+        confidences = _as_float_list(getattr(hypothesis, "token_confidence", None))[:len(ids)]
+        logprobs = [self._token_logprob(float(c)) for c in confidences] if len(confidences) == len(ids) else []
         pieces = self.model.tokenizer.ids_to_tokens(ids) if ids else []
         text = hypothesis.text if isinstance(hypothesis.text, str) else self.model.tokenizer.ids_to_text(ids)
         return SegmentTokens(text=text.strip(), token_ids=ids, pieces=list(pieces), start_frames=starts,
-                             durations=durations, frame_s=self.frame_s, frames=encoded_frames)
+                             durations=durations, frame_s=self.frame_s, frames=encoded_frames, logprobs=logprobs)
+
+    def _token_logprob(self, confidence: float) -> float:
+        """NeMo's max_prob confidence back to the token's log-probability (<= 0)."""
+        v = self._confidence_classes
+        probability = (confidence * (v - 1) + 1) / v
+        return min(0.0, math.log(max(probability, 1e-30)))
+
+
+def _as_float_list(values) -> list[float]:
+    if values is None:
+        return []
+    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
 def _as_int_list(values) -> list[int]:

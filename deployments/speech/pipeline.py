@@ -20,9 +20,9 @@ from .fan_out import Cancellable, transcribe_as_found
 from .live import live_events
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
-from .protocol import ErrorInfo, SseError, SseEvent, StreamEvent, TranscriptTextDelta, TranscriptTextDone
-from .schemas import Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word
-from .settings import AppSettings
+from .protocol import ErrorInfo, LiveEvent, SseError, SseEvent, TranscriptTextDelta, TranscriptTextDone
+from .schemas import Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word, token_logprobs
+from .settings import AppSettings, StreamSettings, VadSettings
 from .timestamps import join_text
 from .vad import whole_file
 
@@ -72,18 +72,18 @@ class TranscriptionPipeline:
             samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate)
         return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))
 
-    async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool,
+    async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, logprobs: bool = False,
                          on_text: Callable[[str], Awaitable[None]] | None = None) -> TranscriptionResult:
         """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text, in
-        order, as soon as it is ready."""
+        order, as soon as it is ready; ``logprobs`` adds each token's log-probability (from the same pass)."""
         try:
-            return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, on_text),
+            return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, logprobs, on_text),
                                           self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise Overloaded(f"The request took longer than {self.settings.request_timeout_s:g} s.",
                              code="timeout") from None
 
-    async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool,
+    async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool, logprobs: bool,
                           on_text: Callable[[str], Awaitable[None]] | None) -> TranscriptionResult:
         # Each segment goes to the model the moment VAD hands it out, so transcription overlaps VAD; the audio is
         # stored once and every call carries the reference with its (start, end).
@@ -93,6 +93,8 @@ class TranscriptionPipeline:
             issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end),
             collect=self.backends.collect, on_text=on_text)
         result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]))
+        if logprobs:
+            result.logprobs = [scored for t in tokens for scored in token_logprobs(t)]
         if timestamps:
             pieces = [(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)]
             result.words, result.segments = await self.backends.align(pieces, audio.duration)
@@ -135,15 +137,18 @@ class TranscriptionPipeline:
             if not task.done():
                 task.cancel()
 
-    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool
-             ) -> AsyncIterator[StreamEvent]:
-        """A live stream's events: VAD on the Segmenter replicas, utterances to the model, words when asked."""
+    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool, turns: bool = False,
+             logprobs: bool = False, vad: VadSettings | None = None, stream: StreamSettings | None = None
+             ) -> AsyncIterator[LiveEvent]:
+        """A live stream's events: VAD on the Segmenter replicas, utterances to the model, words when asked.
+        ``vad`` / ``stream`` replace the service's settings for this stream (a Realtime session's turn detection).
+        """
         return live_events(chunks, self.backends.vad_step, self.backends.transcribe_samples,
-                           self.backends.align if timestamps else None, self.settings.stream, self.settings.vad,
-                           partials)
+                           self.backends.align if timestamps else None, stream or self.settings.stream,
+                           vad or self.settings.vad, partials, turns=turns, logprobs=logprobs)
 
     def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool
-               ) -> AsyncIterator[StreamEvent]:
+               ) -> AsyncIterator[LiveEvent]:
         """A whole recording fed to the live pipeline in ``chunk_ms`` pieces (the handle's ``transcribe_stream``)."""
         step = max(1, int(chunk_ms * SAMPLE_RATE / 1000))
 

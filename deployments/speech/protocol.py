@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import ApiError, InvalidRequest
 from .formats import RESPONSE_FORMATS
 from .parakeet_defaults import SAMPLE_RATE
-from .schemas import Word
+from .schemas import TokenLogprob, Word
 from .uploads import UploadForm
 
 GRANULARITIES = ("word", "segment")
@@ -176,6 +176,7 @@ class PartialEvent(BaseModel):
     type: Literal["partial"] = "partial"
     id: int
     text: str
+    logprobs: Optional[list[TokenLogprob]] = None  # only when asked for
 
 
 class FinalEvent(BaseModel):
@@ -185,6 +186,23 @@ class FinalEvent(BaseModel):
     start: float
     end: float
     words: Optional[list[Word]] = None  # only when the stream asked for timestamps
+    logprobs: Optional[list[TokenLogprob]] = None  # only when asked for
+
+
+class SpeechStarted(BaseModel):
+    """An utterance began at ``start`` s (its padded start; the Realtime protocol's turns)."""
+
+    type: Literal["speech_started"] = "speech_started"
+    id: int
+    start: float
+
+
+class SpeechStopped(BaseModel):
+    """Utterance ``id`` is over at ``end`` s; its ``final`` follows once transcribed."""
+
+    type: Literal["speech_stopped"] = "speech_stopped"
+    id: int
+    end: float
 
 
 class DoneEvent(BaseModel):
@@ -198,6 +216,7 @@ class StreamError(BaseModel):
 
 
 StreamEvent = Union[PartialEvent, FinalEvent, DoneEvent, StreamError]
+LiveEvent = Union[PartialEvent, FinalEvent, SpeechStarted, SpeechStopped]  # what the live pipeline yields
 
 
 def event_dict(event: StreamEvent) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,24 @@ class SegmentTokens(BaseModel):
     durations: list[int] = Field(default_factory=list)
     frame_s: float = 0.08  # 10 ms hop x 8x subsampling for Parakeet
     frames: int = 0  # encoder frames in the segment
+    logprobs: list[float] = Field(default_factory=list)  # each token's log-probability from the decoder's own pass
+
+
+class TokenLogprob(BaseModel):
+    """One token and its log-probability (OpenAI's ``logprobs`` entries)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+def token_logprobs(tokens: SegmentTokens) -> list[TokenLogprob]:
+    """The decoder's tokens with their log-probabilities (OpenAI's ``logprobs`` list)."""
+    out = []
+    for piece, logprob in zip(tokens.pieces, tokens.logprobs):
+        text = piece.replace("\u2581", " ")  # a SentencePiece word start
+        out.append(TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8"))))
+    return out
 
 
 class SpeechSegment(BaseModel):
@@ -48,3 +66,4 @@ class TranscriptionResult(BaseModel):
     text: str
     segments: list[Segment] = Field(default_factory=list)
     words: list[Word] = Field(default_factory=list)
+    logprobs: Optional[list[TokenLogprob]] = None  # only when asked for

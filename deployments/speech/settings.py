@@ -65,7 +65,7 @@ class LimitSettings(BaseModel):
 
 
 class StreamSettings(BaseModel):
-    """The WebSocket stream (``/v1/audio/stream``)."""
+    """The live WebSocket streams (``/v1/audio/stream`` and the Realtime API's ``/v1/realtime``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -74,7 +74,9 @@ class StreamSettings(BaseModel):
     end_of_utterance_ms: int = Field(800, ge=0, description="a pause this long ends an utterance (its final is sent)"
                                                            "; shorter pauses keep VAD segments in one utterance")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
-    max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame accepted")
+    max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
+    max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "
+                                                         "may hold before a commit")
 
 
 class BatchSettings(BaseModel):

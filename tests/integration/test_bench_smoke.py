@@ -24,6 +24,9 @@ def test_quick_bench_produces_its_reports(tmp_path):
     assert by_config["vad"]["served_vad_ms"] > 0 and by_config["whole"]["served_vad_ms"] == 0
     assert by_config["vad_ts"]["served_align_ms"] > 0 and by_config["vad"]["served_align_ms"] == 0
     assert report["vad_vs_silero"]["segments"] > 0
+    # the turn latency of our stream and of the Realtime protocol, side by side
+    assert {r["protocol"] for r in report["turn_latency"]} == {"stream", "realtime"}
+    assert all(r["turns"] > 0 and r["p50_ms"] > 0 for r in report["turn_latency"])
     # concurrent live streams with 1 and 2 Segmenter replicas, their VAD run on the Segmenters
     assert [r["segmenter_replicas"] for r in report["live_streams"]] == [1, 2]
     assert all(r["throughput_x"] > 0 and r["segmenter_cpu_ms_per_audio_s"] > 0 for r in report["live_streams"])

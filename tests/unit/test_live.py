@@ -84,16 +84,22 @@ def step_with(segments, open_from, position, speech_open=False) -> LiveVadStep:
 def test_joiner_joins_short_pauses_and_ends_an_utterance_on_a_long_one():
     joiner = UtteranceJoiner(StreamSettings(end_of_utterance_ms=500, partial_interval_ms=1000), VAD, partials=True)
     second = SAMPLE_RATE
-    # a segment ends at 1 s; the next may start at 1.2 s: the utterance stays open
-    assert joiner.update(step_with([(0, second)], open_from=int(1.2 * second), position=int(1.3 * second))) == []
+    # a segment ends at 1 s; the next may start at 1.2 s: the utterance stays open (it has started)
+    out = joiner.update(step_with([(0, second)], open_from=int(1.2 * second), position=int(1.3 * second)))
+    assert [(u.id, u.start, u.kind) for u in out] == [(0, 0, "start")]
     # a segment 0.3 s later joins it; then nothing can start before 2.6 s: it is over (pause >= 0.5 s)
     out = joiner.update(step_with([(int(1.3 * second), 2 * second)], open_from=int(2.6 * second),
                                   position=int(2.7 * second)))
-    assert [(u.id, u.start, u.end, u.final) for u in out] == [(0, 0, 2 * second, True)]
-    # a long pause between two segments in one step: two utterances
+    assert [(u.id, u.start, u.end, u.kind) for u in out] == [(0, 0, 2 * second, "final")]
+    # a long pause between two segments in one step: two utterances, each started then finished
     out = joiner.update(step_with([(3 * second, 4 * second), (5 * second, 6 * second)], open_from=None,
                                   position=7 * second))
-    assert [(u.id, u.start, u.end) for u in out] == [(1, 3 * second, 4 * second), (2, 5 * second, 6 * second)]
+    assert [(u.id, u.start, u.end, u.kind) for u in out] == [
+        (1, 3 * second, 3 * second, "start"), (1, 3 * second, 4 * second, "final"),
+        (2, 5 * second, 5 * second, "start"), (2, 5 * second, 6 * second, "final")]
+    # speech that has begun but is not a segment yet starts a turn at the earliest place it can start
+    out = joiner.update(step_with([], open_from=8 * second, position=int(8.5 * second), speech_open=True))
+    assert [(u.id, u.start, u.kind) for u in out if u.kind == "start"] == [(3, 8 * second, "start")]
 
 
 def test_joiner_cuts_at_the_longest_utterance_and_asks_for_partials():
@@ -102,12 +108,14 @@ def test_joiner_cuts_at_the_longest_utterance_and_asks_for_partials():
     second = SAMPLE_RATE
     out = joiner.update(step_with([(0, 2 * second), (int(2.1 * second), int(3.5 * second))],
                                   open_from=int(3.6 * second), position=int(3.8 * second), speech_open=True))
-    assert [(u.start, u.end, u.final) for u in out] == [(0, 2 * second, True)]  # 3.5 s would be too long
+    assert [(u.start, u.end, u.kind) for u in out] == [  # 3.5 s would be too long
+        (0, 0, "start"), (0, 2 * second, "final"), (int(2.1 * second), int(2.1 * second), "start")]
     # the partial clock restarts at a final: a partial of the open utterance is due a second later
     out = joiner.update(step_with([], open_from=int(3.6 * second), position=int(4.8 * second), speech_open=True))
-    assert [(u.id, u.start, u.end, u.final) for u in out] == [(1, int(2.1 * second), int(4.8 * second), False)]
+    assert [(u.id, u.start, u.end, u.kind) for u in out] == [(1, int(2.1 * second), int(4.8 * second), "partial")]
     no_partials = UtteranceJoiner(StreamSettings(), VAD, partials=False)
-    assert no_partials.update(step_with([], open_from=0, position=5 * second, speech_open=True)) == []
+    out = no_partials.update(step_with([], open_from=0, position=5 * second, speech_open=True))
+    assert [u.kind for u in out] == ["start"]
 
 
 def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):

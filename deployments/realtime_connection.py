@@ -1,0 +1,310 @@
+"""One WebSocket on ``/v1/realtime?intent=transcription``: OpenAI's Realtime transcription protocol over the same
+live pipeline as ``/v1/audio/stream`` (VAD on the Segmenter replicas, utterances to the batched Transcriber).
+
+- ``server_vad`` sessions: appended audio feeds a live run; its turns become ``input_audio_buffer.speech_started``
+  / ``speech_stopped`` / ``committed``, ``...transcription.delta`` (from partials) and ``...completed``. A client
+  ``commit`` ends the run (the open turn is transcribed) and a ``clear`` drops it; the next append starts another,
+  with times continuing from where the session is.
+- manual sessions (``turn_detection: null``): appended audio is buffered; each ``commit`` transcribes the buffer
+  through the offline path (VAD segments, batched model) as one item.
+- every client event that cannot be applied gets an ``error`` event naming the field; the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import AsyncIterator
+
+import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect
+
+from deployments.speech import audio as audio_io
+from deployments.speech.errors import ApiError, InternalError
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
+from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
+from deployments.speech.protocol import FinalEvent, LiveEvent, SpeechStarted, SpeechStopped
+from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, completed_event,
+                                         decode_append, error_event)
+from deployments.speech.settings import AppSettings
+from deployments.stream_connection import BAD_CONFIG, NORMAL, TRY_LATER, StreamSlots
+
+log = logging.getLogger("ray.serve")
+_END = object()
+
+
+class RealtimeConnection:
+    def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, settings: AppSettings,
+                 slots: StreamSlots):
+        self.websocket = websocket
+        self.pipeline = pipeline
+        self.settings = settings
+        self.slots = slots
+        self.session = TranscriptionSession()
+        self.ids = EventIds(uuid.uuid4().hex[:12])
+        self.session_id = f"sess_{self.ids.prefix}"
+        self.run: LiveRun | None = None
+        self.buffer: list[np.ndarray] = []  # manual mode: 16 kHz audio since the last commit
+        self.buffered = 0
+        self.position = 0  # 16 kHz samples of the session handed to runs or commits so far
+        self.resampler = audio_io.Resampler(self.session.input_rate)
+        self.last_item: str | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self._send_lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- the connection
+
+    async def serve(self) -> str:
+        await self.websocket.accept()
+        if self.websocket.query_params.get("intent") != "transcription":
+            await self._close_with(error_event(self.ids.event(), "Only transcription sessions are served here: "
+                                               "connect with ?intent=transcription.", code="unsupported_intent",
+                                               param="intent"), BAD_CONFIG)
+            return "bad_config"
+        if not self.slots.take():
+            await self._close_with(error_event(self.ids.event(), f"Too many concurrent streams "
+                                               f"({self.slots.limit} per replica); retry shortly.",
+                                               type_="server_error", code="too_many_streams"), TRY_LATER)
+            return "refused"
+        try:
+            await self._send({"type": "session.created", "event_id": self.ids.event(), "session": self._describe()})
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return "disconnected"
+                await self._handle(message)
+        except WebSocketDisconnect:
+            return "disconnected"
+        finally:
+            self.slots.give_back()
+            if self.run is not None:
+                await self.run.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+
+    async def _handle(self, message: dict) -> None:
+        client_event_id = None
+        try:
+            if message.get("text") is None:
+                raise RealtimeError("Send client events as JSON text messages.", code="invalid_event")
+            try:
+                event = json.loads(message["text"])
+            except json.JSONDecodeError:
+                raise RealtimeError("The event is not valid JSON.", code="invalid_json") from None
+            if not isinstance(event, dict):
+                raise RealtimeError("An event is a JSON object with a 'type'.", code="invalid_event")
+            client_event_id = event.get("event_id")
+            handler = self.HANDLERS.get(event.get("type"))
+            if handler is None:
+                raise RealtimeError(f"Unknown or unsupported event type {event.get('type')!r} in a transcription "
+                                    f"session; supported: {', '.join(self.HANDLERS)}.", code="unknown_event",
+                                    param="type")
+            await handler(self, event)
+        except ApiError as exc:
+            await self._send(error_event(self.ids.event(), exc.message, code=exc.code,
+                                         param=getattr(exc, "param", None), client_event_id=client_event_id))
+
+    # ---------------------------------------------------------------- client events
+
+    async def _session_update(self, event: dict) -> None:
+        session = self.session.updated(event.get("session"))
+        if session.input_rate != self.session.input_rate or session.model_dump() != self.session.model_dump():
+            await self._end_run(flush=True)  # the audio so far is transcribed with the settings it came with
+        self.session = session
+        self.resampler = audio_io.Resampler(session.input_rate)
+        if session.server_vad and self.buffer:  # manual audio not committed yet goes on to turn detection
+            buffered, self.buffer, self.buffered = self.buffer, [], 0
+            for samples in buffered:
+                await self._live_run().feed(samples)
+        await self._send({"type": "session.updated", "event_id": self.ids.event(), "session": self._describe()})
+
+    async def _append(self, event: dict) -> None:
+        raw = decode_append(event.get("audio"), self.session, self.settings.stream.max_frame_bytes)
+        samples = self.resampler(raw)
+        if self.session.server_vad:
+            await self._live_run().feed(samples)
+            return
+        limit = int(self.settings.stream.max_commit_s * SAMPLE_RATE)
+        if self.buffered + len(samples) > limit:
+            raise RealtimeError(f"The input audio buffer holds at most {self.settings.stream.max_commit_s:g} s; "
+                                "commit it before appending more.", code="buffer_full", param="audio")
+        self.buffer.append(samples)
+        self.buffered += len(samples)
+
+    async def _commit(self, event: dict) -> None:
+        if self.session.server_vad:
+            await self._end_run(flush=True)
+            return
+        minimum = int(self.settings.limits.min_audio_ms * SAMPLE_RATE / 1000)
+        if self.buffered < max(minimum, 1):
+            raise RealtimeError(f"The input audio buffer holds {self.buffered / SAMPLE_RATE * 1000:.0f} ms; a commit "
+                                f"needs at least {self.settings.limits.min_audio_ms:g} ms.",
+                                code="input_audio_buffer_commit_empty")
+        samples = np.concatenate(self.buffer)
+        self.buffer, self.buffered = [], 0
+        self.position += len(samples)
+        item = self.ids.item()
+        await self._send({"type": "input_audio_buffer.committed", "event_id": self.ids.event(), "item_id": item,
+                          "previous_item_id": self.last_item})
+        self.last_item = item
+        self._spawn(self._transcribe_commit(item, samples))
+
+    async def _clear(self, event: dict) -> None:
+        if self.run is not None:
+            await self.run.cancel()
+            self.position += self.run.fed
+            self.run = None
+        self.buffer, self.buffered = [], 0
+        await self._send({"type": "input_audio_buffer.cleared", "event_id": self.ids.event()})
+
+    HANDLERS = {"session.update": _session_update, "input_audio_buffer.append": _append,
+                "input_audio_buffer.commit": _commit, "input_audio_buffer.clear": _clear}
+
+    # ---------------------------------------------------------------- transcription
+
+    async def _transcribe_commit(self, item: str, samples: np.ndarray) -> None:
+        try:
+            loaded = LoadedAudio(samples, len(samples) / SAMPLE_RATE)
+            result = await self.pipeline.transcribe(loaded, timestamps=False, vad=True,
+                                                    logprobs=self.session.logprobs)
+            await self._send(completed_event(self.ids.event(), item, result.text, loaded.duration, result.logprobs))
+        except ApiError as exc:
+            await self._send(self._failed(item, exc))
+
+    def _live_run(self) -> "LiveRun":
+        if self.run is None:
+            self.run = LiveRun(self, self.position)
+        return self.run
+
+    async def _end_run(self, flush: bool) -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        if flush:
+            await run.finish(self.resampler(np.zeros(0, np.float32), last=True))
+        else:
+            await run.cancel()
+        self.position += run.fed
+
+    def _failed(self, item: str, error: ApiError) -> dict:
+        return {"type": "conversation.item.input_audio_transcription.failed", "event_id": self.ids.event(),
+                "item_id": item, "content_index": 0,
+                "error": {"type": error.type, "code": error.code, "message": error.message, "param": None}}
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _describe(self) -> dict:
+        session = self.session
+        return {"id": self.session_id, **session.describe(session.vad_settings(self.settings.vad),
+                                                          session.stream_settings(self.settings.stream),
+                                                          self.settings.model_name)}
+
+    def _spawn(self, work) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, event: dict) -> None:
+        async with self._send_lock:  # the receive loop and the runs' event tasks both send
+            await self.websocket.send_text(json.dumps(event))
+
+    async def _close_with(self, event: dict, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await self._send(event)
+            await self.websocket.close(code)
+
+
+class LiveRun:
+    """A stretch of a server_vad session's audio through the live pipeline; ends with a commit, a clear, a session
+    change or the connection."""
+
+    def __init__(self, connection: RealtimeConnection, offset_samples: int):
+        self.connection = connection
+        self.offset_s = offset_samples / SAMPLE_RATE
+        self.fed = 0
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=64)  # full: the receive loop waits (TCP backpressure)
+        self.items: dict[int, str] = {}  # the live pipeline's utterance id -> this session's item id
+        self.sent: dict[int, str] = {}  # transcript text already sent as deltas, per utterance
+        session = connection.session
+        settings = connection.settings
+        events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
+                                          logprobs=session.logprobs, vad=session.vad_settings(settings.vad),
+                                          stream=session.stream_settings(settings.stream))
+        self.task = asyncio.create_task(self._forward(events))
+
+    async def feed(self, samples: np.ndarray) -> None:
+        if self.task.done():  # the run failed (its items got .failed events): start over
+            self.connection.run = None
+            await self.connection._live_run().feed(samples)
+            return
+        self.fed += len(samples)
+        await self.queue.put(samples)
+
+    async def finish(self, tail: np.ndarray) -> None:
+        self.fed += len(tail)
+        if not self.task.done():
+            await self.queue.put(tail)
+            await self.queue.put(_END)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def cancel(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def _chunks(self) -> AsyncIterator[np.ndarray]:
+        while (samples := await self.queue.get()) is not _END:
+            yield samples
+
+    async def _forward(self, events: AsyncIterator[LiveEvent]) -> None:
+        connection = self.connection
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    for out in self._translate(event):
+                        await connection._send(out)
+        except ApiError as exc:
+            for item in self.items.values():
+                await connection._send(connection._failed(item, exc))
+        except Exception:  # noqa: BLE001 - never show internals; the log has them
+            log.exception("Realtime transcription failed")
+            for item in self.items.values():
+                await connection._send(connection._failed(item, InternalError("Transcription failed.")))
+
+    def _translate(self, event: LiveEvent) -> list[dict]:
+        connection, ids = self.connection, self.connection.ids
+        if isinstance(event, SpeechStarted):
+            self.items[event.id] = ids.item()
+            return [{"type": "input_audio_buffer.speech_started", "event_id": ids.event(),
+                     "item_id": self.items[event.id], "audio_start_ms": self._ms(event.start)}]
+        item = self.items[event.id]
+        if isinstance(event, SpeechStopped):
+            previous, connection.last_item = connection.last_item, item
+            return [{"type": "input_audio_buffer.speech_stopped", "event_id": ids.event(), "item_id": item,
+                     "audio_end_ms": self._ms(event.end)},
+                    {"type": "input_audio_buffer.committed", "event_id": ids.event(), "item_id": item,
+                     "previous_item_id": previous}]
+        out = self._delta(event.id, item, event.text)
+        if isinstance(event, FinalEvent):
+            del self.items[event.id]
+            self.sent.pop(event.id, None)
+            out.append(completed_event(ids.event(), item, event.text, event.end - event.start, event.logprobs))
+        return out
+
+    def _delta(self, turn: int, item: str, text: str) -> list[dict]:
+        """Deltas only ever add to what was sent (a partial that rewrites earlier words waits for the final's
+        transcript, which is authoritative)."""
+        sent = self.sent.get(turn, "")
+        if not text.startswith(sent) or len(text) == len(sent):
+            return []
+        self.sent[turn] = text
+        return [{"type": "conversation.item.input_audio_transcription.delta", "event_id": self.connection.ids.event(),
+                 "item_id": item, "content_index": 0, "delta": text[len(sent):]}]
+
+    def _ms(self, seconds: float) -> int:
+        return int(round((self.offset_s + seconds) * 1000))
+

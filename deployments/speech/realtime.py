@@ -1,0 +1,241 @@
+"""OpenAI's Realtime transcription protocol, the parts that need no socket: the session and its updates, input
+audio formats, and the server events (Ray-free; ``deployments/realtime_connection.py`` runs a connection).
+
+A transcription session (``GET /v1/realtime?intent=transcription``) is the same live pipeline as
+``/v1/audio/stream``; the session's ``server_vad`` turn detection maps onto our VAD:
+``threshold`` -> ``vad.threshold``, ``prefix_padding_ms`` -> ``vad.speech_pad_ms`` (the padding kept before and
+after speech), ``silence_duration_ms`` -> ``stream.end_of_utterance_ms`` (the pause that ends a turn). Fields a
+client leaves out keep the service's own settings; ``turn_detection: null`` means manual commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidRequest, PayloadTooLarge
+from .schemas import TokenLogprob
+from .settings import StreamSettings, VadSettings
+
+LOGPROBS = "item.input_audio_transcription.logprobs"
+PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # OpenAI sends 24 kHz; others are resampled too
+G711_RATE = 8000
+LANGUAGES = ("en", "english")
+
+
+class RealtimeError(InvalidRequest):
+    """A client event that cannot be applied: answered by an ``error`` event naming ``param``."""
+
+    def __init__(self, message: str, code: str = "invalid_value", param: str | None = None):
+        super().__init__(message, code=code)
+        self.param = param
+
+
+# ---------------------------------------------------------------------------------------------- session
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PcmFormat(_Strict):
+    type: Literal["audio/pcm"] = "audio/pcm"
+    rate: int = 24000
+
+
+class G711Format(_Strict):
+    type: Literal["audio/pcmu", "audio/pcma"]  # 8 kHz mu-law / A-law
+
+
+class TranscriptionOptions(_Strict):
+    model: Optional[str] = None
+    language: Optional[str] = None
+    prompt: Optional[str] = None  # accepted; Parakeet does not take a prompt
+
+
+class ServerVad(_Strict):
+    type: Literal["server_vad"] = "server_vad"
+    threshold: Optional[float] = Field(None, gt=0, lt=1)
+    prefix_padding_ms: Optional[int] = Field(None, ge=0, le=2000)
+    silence_duration_ms: Optional[int] = Field(None, ge=0, le=10000)
+    # response options of conversation sessions: accepted so clients can send their usual turn_detection
+    create_response: Optional[bool] = None
+    interrupt_response: Optional[bool] = None
+    idle_timeout_ms: Optional[int] = None
+
+
+class AudioInput(_Strict):
+    format: Union[PcmFormat, G711Format] = Field(default_factory=PcmFormat, discriminator="type")
+    transcription: TranscriptionOptions = Field(default_factory=TranscriptionOptions)
+    turn_detection: Optional[ServerVad] = Field(default_factory=ServerVad)
+    noise_reduction: None = None  # not offered: null only
+
+
+class SessionAudio(_Strict):
+    input: AudioInput = Field(default_factory=AudioInput)
+
+
+class TranscriptionSession(_Strict):
+    """A transcription session's configuration, as ``session.update`` sets it and ``session.updated`` echoes it."""
+
+    type: Literal["transcription"] = "transcription"
+    audio: SessionAudio = Field(default_factory=SessionAudio)
+    include: list[Literal["item.input_audio_transcription.logprobs"]] = Field(default_factory=list)
+
+    @property
+    def input(self) -> AudioInput:
+        return self.audio.input
+
+    @property
+    def server_vad(self) -> bool:
+        return self.input.turn_detection is not None
+
+    @property
+    def logprobs(self) -> bool:
+        return LOGPROBS in self.include
+
+    @property
+    def input_rate(self) -> int:
+        fmt = self.input.format
+        return fmt.rate if isinstance(fmt, PcmFormat) else G711_RATE
+
+    def updated(self, update: Any) -> "TranscriptionSession":
+        """This session with ``update`` (a ``session.update``'s ``session``) merged in; errors name the field."""
+        if not isinstance(update, dict):
+            raise RealtimeError("session must be an object.", param="session")
+        merged = _merge(self.model_dump(), update)
+        try:
+            session = TranscriptionSession.model_validate(merged)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+            raise RealtimeError(f"Invalid session.{field}: {error['msg']}.", param=f"session.{field}") from None
+        fmt = session.input.format
+        if isinstance(fmt, PcmFormat) and fmt.rate not in PCM_RATES:
+            raise RealtimeError(f"Invalid session.audio.input.format.rate {fmt.rate}: audio/pcm is accepted at "
+                                f"{', '.join(map(str, PCM_RATES))} Hz.", param="session.audio.input.format.rate")
+        language = (session.input.transcription.language or "en").lower()
+        if language not in LANGUAGES:
+            raise RealtimeError(f"Invalid session.audio.input.transcription.language {language!r}: this model "
+                                "transcribes English only (en).", code="unsupported_language",
+                                param="session.audio.input.transcription.language")
+        return session
+
+    def vad_settings(self, base: VadSettings) -> VadSettings:
+        turn = self.input.turn_detection
+        update: dict = {}
+        if turn is not None and turn.threshold is not None:
+            update["threshold"] = turn.threshold
+            if base.neg_threshold is not None:
+                update["neg_threshold"] = min(base.neg_threshold, turn.threshold)
+        if turn is not None and turn.prefix_padding_ms is not None:
+            update["speech_pad_ms"] = turn.prefix_padding_ms
+        return base.model_copy(update=update)
+
+    def stream_settings(self, base: StreamSettings) -> StreamSettings:
+        turn = self.input.turn_detection
+        if turn is None or turn.silence_duration_ms is None:
+            return base
+        return base.model_copy(update={"end_of_utterance_ms": turn.silence_duration_ms})
+
+    def describe(self, vad: VadSettings, stream: StreamSettings, model: str) -> dict:
+        """The session object of ``session.created`` / ``session.updated``: every value in force."""
+        body = self.model_dump(exclude_none=True)
+        body["object"] = "realtime.transcription_session"
+        body["audio"]["input"]["noise_reduction"] = None
+        body["audio"]["input"]["transcription"]["model"] = model
+        body["audio"]["input"]["transcription"].setdefault("language", "en")
+        if self.server_vad:
+            body["audio"]["input"]["turn_detection"] = {
+                "type": "server_vad", "threshold": vad.threshold, "prefix_padding_ms": vad.speech_pad_ms,
+                "silence_duration_ms": stream.end_of_utterance_ms}
+        else:
+            body["audio"]["input"]["turn_detection"] = None
+        return body
+
+
+def _merge(current: dict, update: dict) -> dict:
+    """OpenAI merges a session update into the session: nested objects field by field, anything else replaced."""
+    merged = dict(current)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "format":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------- input audio
+
+def _g711_tables() -> dict[str, np.ndarray]:
+    """ITU-T G.711 expansion tables: byte -> 16-bit sample."""
+    codes = np.arange(256, dtype=np.int32)
+    mu = ~codes & 0xFF
+    magnitude = (((mu & 0x0F) << 3) + 0x84) << ((mu >> 4) & 0x07)
+    ulaw = np.where(mu & 0x80, 0x84 - magnitude, magnitude - 0x84)
+    a = codes ^ 0x55
+    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    alaw = np.where(a & 0x80, magnitude, -magnitude)
+    return {"audio/pcmu": ulaw.astype(np.float32) / 32768.0, "audio/pcma": alaw.astype(np.float32) / 32768.0}
+
+
+G711 = _g711_tables()
+
+
+def decode_append(audio_b64: Any, session: TranscriptionSession, max_bytes: int) -> np.ndarray:
+    """An ``input_audio_buffer.append``'s ``audio`` -> float32 samples at the session's input rate."""
+    if not isinstance(audio_b64, str):
+        raise RealtimeError("audio must be a base64 string.", param="audio")
+    if len(audio_b64) > (max_bytes * 4) // 3 + 4:
+        raise PayloadTooLarge(f"An append may carry at most {max_bytes} bytes of audio; send smaller chunks.",
+                              code="append_too_large")
+    try:
+        data = base64.b64decode(audio_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise RealtimeError("audio is not valid base64.", code="invalid_base64", param="audio") from None
+    fmt = session.input.format.type
+    if fmt in G711:
+        return G711[fmt][np.frombuffer(data, dtype=np.uint8)]
+    if len(data) % 2:
+        raise RealtimeError("audio/pcm must be 16-bit little-endian samples: an even number of bytes.",
+                            code="invalid_audio", param="audio")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+# ---------------------------------------------------------------------------------------------- server events
+
+class EventIds:
+    """Ids of one connection's events and items (``event_...``, ``item_...``)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._events = itertools.count()
+        self._items = itertools.count()
+
+    def event(self) -> str:
+        return f"event_{self.prefix}_{next(self._events)}"
+
+    def item(self) -> str:
+        return f"item_{self.prefix}_{next(self._items)}"
+
+
+def error_event(event_id: str, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
+                param: str | None = None, client_event_id: str | None = None) -> dict:
+    return {"type": "error", "event_id": event_id,
+            "error": {"type": type_, "code": code, "message": message, "param": param,
+                      "event_id": client_event_id}}
+
+
+def completed_event(event_id: str, item_id: str, transcript: str, seconds: float,
+                    logprobs: list[TokenLogprob] | None) -> dict:
+    event = {"type": "conversation.item.input_audio_transcription.completed", "event_id": event_id,
+             "item_id": item_id, "content_index": 0, "transcript": transcript,
+             "usage": {"type": "duration", "seconds": round(seconds, 3)}}
+    if logprobs is not None:
+        event["logprobs"] = [p.model_dump() for p in logprobs]
+    return event

@@ -1,0 +1,74 @@
+"""The Realtime session without a socket: updates merge and name the bad field, turn detection maps onto our VAD,
+and input audio decodes (G.711 checked against Python's own codec)."""
+
+import base64
+import warnings
+
+import numpy as np
+import pytest
+
+from deployments.speech.errors import PayloadTooLarge
+from deployments.speech.realtime import RealtimeError, TranscriptionSession, decode_append
+from deployments.speech.settings import StreamSettings, VadSettings
+
+
+def test_updates_merge_and_map_onto_our_settings():
+    session = TranscriptionSession().updated({"type": "transcription", "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200,
+                           "silence_duration_ms": 500}}}})
+    # a later update of another field keeps these
+    session = session.updated({"include": ["item.input_audio_transcription.logprobs"]})
+    vad, stream = session.vad_settings(VadSettings()), session.stream_settings(StreamSettings())
+    assert (vad.threshold, vad.speech_pad_ms, stream.end_of_utterance_ms) == (0.6, 200, 500)
+    assert session.logprobs and session.server_vad and session.input_rate == 24000
+    # fields left out keep the service's settings; null turn detection means manual commits
+    assert TranscriptionSession().vad_settings(VadSettings()) == VadSettings()
+    manual = session.updated({"audio": {"input": {"turn_detection": None}}})
+    assert not manual.server_vad
+    described = manual.describe(VadSettings(), StreamSettings(), "parakeet")
+    assert described["audio"]["input"]["turn_detection"] is None
+    assert described["audio"]["input"]["transcription"]["model"] == "parakeet"
+    assert session.updated({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}).input_rate == 8000
+
+
+@pytest.mark.parametrize("update,param", [
+    ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 11025}}}}, "session.audio.input.format.rate"),
+    ({"audio": {"input": {"format": {"type": "audio/opus"}}}}, "session.audio.input.format"),
+    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
+    ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": -1}}}},
+     "session.audio.input.turn_detection.silence_duration_ms"),
+    ({"audio": {"input": {"transcription": {"language": "fr"}}}}, "session.audio.input.transcription.language"),
+    ({"include": ["item.input_audio_transcription.audio"]}, "session.include.0"),
+    ({"voice": "alloy"}, "session.voice"),
+    ("transcription", "session"),
+])
+def test_a_bad_update_names_its_field(update, param):
+    with pytest.raises(RealtimeError) as info:
+        TranscriptionSession().updated(update)
+    assert info.value.param == param and param.split(".")[-1] in info.value.message
+
+
+def test_pcm_and_g711_appends_decode():
+    session = TranscriptionSession()
+    samples = np.array([0, 16384, -32768, 32767], dtype="<i2")
+    decoded = decode_append(base64.b64encode(samples.tobytes()).decode(), session, 1 << 20)
+    np.testing.assert_allclose(decoded, samples / 32768.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    data = bytes(range(256))
+    for kind, reference in (("audio/pcmu", audioop.ulaw2lin), ("audio/pcma", audioop.alaw2lin)):
+        g711 = session.updated({"audio": {"input": {"format": {"type": kind}}}})
+        expected = np.frombuffer(reference(data, 2), dtype="<i2") / 32768.0
+        np.testing.assert_array_equal(decode_append(base64.b64encode(data).decode(), g711, 1 << 20), expected)
+
+
+def test_bad_appends():
+    session = TranscriptionSession()
+    for audio, code in ((None, "invalid_value"), ("***", "invalid_base64"),
+                        (base64.b64encode(b"\x01\x02\x03").decode(), "invalid_audio")):
+        with pytest.raises(RealtimeError) as info:
+            decode_append(audio, session, 1 << 20)
+        assert info.value.code == code
+    with pytest.raises(PayloadTooLarge):
+        decode_append(base64.b64encode(bytes(4096)).decode(), session, 1024)
