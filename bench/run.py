@@ -45,6 +45,15 @@ OLD_MINUTES = [1, 3, 15]
 
 # ---------------------------------------------------------------------------------------------- models
 
+def build_random_nemo_cached(name: str, work: Path, seed: int) -> Path:
+    """A random-weight model of the same architecture as ``name`` (tiny / full-random), other seed."""
+    from bench.models import build_random_nemo
+
+    architecture = "full" if name == "full-random" else "tiny"
+    path = work / f"{architecture}-seed{seed}.nemo"
+    return path if path.is_file() else build_random_nemo(architecture, path, seed=seed)
+
+
 def model_path(name: str, work: Path) -> str:
     from bench.models import build_random_nemo
 
@@ -190,8 +199,9 @@ class Served:
         self.handles = {name: serve.get_deployment_handle(name, app_name="parakeet")
                         for name in ("Transcriber", "Segmenter", "Aligner")}
 
-    def deploy(self, segmenter_replicas: int | None = None) -> None:
-        """(Re)deploy the app with serve_config.yaml's options (a fixed Segmenter replica count if given)."""
+    def deploy(self, segmenter_replicas: int | None = None, **args) -> None:
+        """(Re)deploy the app with serve_config.yaml's options (a fixed Segmenter replica count if given; ``args``
+        on top of the run's)."""
         from ray import serve
 
         from deployments.app import build_app, merged_options
@@ -200,7 +210,7 @@ class Served:
         if segmenter_replicas:
             fixed = {"min_replicas": segmenter_replicas, "max_replicas": segmenter_replicas}
             options = merged_options(options, {"Segmenter": {"autoscaling_config": fixed}})
-        serve.run(build_app(self.args, options), name="parakeet", route_prefix="/")
+        serve.run(build_app({**self.args, **args}, options), name="parakeet", route_prefix="/")
 
     def stats(self) -> dict:
         """Counters of the (single) replica of each deployment: batches, items, seconds spent in each stage."""
@@ -209,9 +219,9 @@ class Served:
             merged.update(handle.stats.remote().result())
         return merged
 
-    async def one(self, client, wav: bytes, config: dict) -> float:
+    async def one(self, client, wav: bytes, config: dict, model: str | None = None) -> float:
         started = time.perf_counter()
-        data = {"vad": str(config["vad"]).lower()}
+        data = {"vad": str(config["vad"]).lower(), **({"model": model} if model else {})}
         if config["timestamps"]:
             data.update({"response_format": "verbose_json", "timestamp_granularities[]": "word"})
         response = await client.post(self.url + "/v1/audio/transcriptions", data=data,
@@ -345,6 +355,57 @@ def turn_latency(served: Served, session_counts: list[int], seconds: float) -> l
     return rows
 
 
+def confidence_cost(path: str, device: str, audio: np.ndarray, rounds: int) -> dict:
+    """The model on one file's VAD segments (batches of 4) with per-token confidence on and off, interleaved."""
+    from deployments.speech.parakeet import ParakeetRecognizer
+    from deployments.speech.settings import VadSettings
+    from deployments.speech.vad import SpeechDetector
+
+    pieces = [audio[s.start:s.end] for s in SpeechDetector(VadSettings()).segments(audio)]
+    batches = [pieces[i:i + 4] for i in range(0, len(pieces), 4)]
+    recognizers = {on: ParakeetRecognizer.load(path, device=device, confidence=on) for on in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds + 1):  # the first round warms up
+        for on, recognizer in recognizers.items():
+            started = time.perf_counter()
+            for batch in batches:
+                recognizer.transcribe(batch)
+            times[on].append((time.perf_counter() - started) * 1000)
+    on, off = statistics.median(times[True][1:]), statistics.median(times[False][1:])
+    return {"audio_s": round(len(audio) / SAMPLE_RATE, 1), "on_ms": round(on, 1), "off_ms": round(off, 1),
+            "ratio": round(on / off, 3)}
+
+
+def two_models(served: Served, second_path: str, audio: np.ndarray, count: int) -> dict:
+    """Two models served at once: ``count`` concurrent files all for one model, then alternating between the two
+    (both loaded), as audio seconds per second; and how long loading the second model took on the replica."""
+    import httpx
+
+    served.deploy(models=[{"id": "first", "source": served.args["model"]}, {"id": "second", "source": second_path}])
+    wav = encode(audio)
+
+    def throughput(models: list[str]) -> float:
+        async def go() -> float:
+            async with httpx.AsyncClient(timeout=3600) as client:
+                started = time.perf_counter()
+                await asyncio.gather(*[served.one(client, wav, CONFIGS["vad"], model) for model in models])
+                return count * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
+        return asyncio.run(go())
+
+    mixed = ["first", "second"] * (count // 2)
+    throughput(mixed)  # loads the second model, warms both
+    single, both = [], []
+    for _ in range(3):
+        single.append(throughput(["first"] * count))
+        both.append(throughput(mixed))
+    load_s = served.handles["Transcriber"].stats.remote().result()["load_seconds"].get("second")
+    served.deploy()
+    return {"files": count, "single_model_x": round(statistics.median(single), 1),
+            "mixed_two_models_x": round(statistics.median(both), 1),
+            "mixed_over_single": round(statistics.median(both) / statistics.median(single), 3),
+            "second_model_load_s": load_s}
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 def summarise(latencies: list[float]) -> dict:
@@ -397,6 +458,10 @@ def markdown(report: dict) -> str:
                   "| protocol | sessions | turns | p50 ms | p95 ms |", "|---|---|---|---|---|"]
         for r in report["turn_latency"]:
             lines.append(f"| {r['protocol']} | {r['sessions']} | {r['turns']} | {r['p50_ms']} | {r['p95_ms']} |")
+    if report.get("two_models"):
+        lines += ["", f"Two models served at once: {report['two_models']}"]
+    if report.get("confidence_cost"):
+        lines += ["", f"Per-token confidence on vs off (in-process model): {report['confidence_cost']}"]
     extra = report.get("checks", {})
     lines += ["", "Ratios measured in this run:", ""]
     for name, value in extra.items():
@@ -455,6 +520,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--turn-sessions", type=int, nargs="*", default=[1, 16],
                         help="concurrent sessions for the turn-latency rows (our stream vs the Realtime protocol)")
     parser.add_argument("--turn-seconds", type=float, default=20, help="audio per session in those rows")
+    parser.add_argument("--two-models", type=int, default=8,
+                        help="concurrent files for the two-models rows (a second model of the same size; 0: skip)")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
@@ -465,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.minutes, args.concurrency, args.rounds = [1 / 3], [1], 1
         args.live_streams, args.live_seconds = 4, 10
         args.turn_sessions, args.turn_seconds = [1], 8
+        args.two_models = 2
 
     from tqdm import tqdm
 
@@ -489,6 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
             idle_raw[(name, key)] = _stage_medians(
                 [raw.run(audio, config["vad"], config["timestamps"]) for _ in range(max(1, args.rounds))])
     vad_check = vad_versus_silero(clips[0][1])
+    confidence = confidence_cost(path, device, clips[0][1], max(3, args.rounds))
     print(f"raw reference (quiet machine) done at {time.perf_counter() - started:.0f}s: "
           + ", ".join(f"{n}/{k} {v['total_ms']:.0f} ms" for (n, k), v in idle_raw.items()), flush=True)
 
@@ -496,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} CPUs" + (f", {_gpu_name()}" if device == "cuda" else ""),
               "python": sys.version.split()[0], "torch_threads": args.transcriber_cpus, "rounds": args.rounds,
-              "rows": [], "vad_vs_silero": vad_check}
+              "rows": [], "vad_vs_silero": vad_check, "confidence_cost": confidence}
     if not args.no_serve:
         sampler = ResourceSampler()
         sampler.start()
@@ -512,6 +581,9 @@ def main(argv: list[str] | None = None) -> dict:
                 report["turn_latency"] = turn_latency(served, args.turn_sessions, args.turn_seconds)
             if args.live_streams:
                 report["live_streams"] = live_streams(served, args.live_streams, args.live_seconds)
+            if args.two_models:
+                second = str(build_random_nemo_cached(args.model, work, seed=1))
+                report["two_models"] = two_models(served, second, clips[0][1], args.two_models)
         finally:
             progress.close()
             served.shutdown()
@@ -619,6 +691,10 @@ def checks(report: dict) -> dict:
         if by.get("stream", {}).get("p50_ms") and by.get("realtime", {}).get("p50_ms"):
             out[f"Realtime / stream turn latency p50, {count} sessions (target <= 1.05)"] = round(
                 by["realtime"]["p50_ms"] / by["stream"]["p50_ms"], 3)
+    if report.get("confidence_cost"):
+        out["confidence on/off, in-process model (target <= 1.05)"] = report["confidence_cost"]["ratio"]
+    if report.get("two_models"):
+        out["mixed two-model / single-model throughput (target >= 0.9)"] = report["two_models"]["mixed_over_single"]
     vad = report["vad_vs_silero"]
     out["VAD speed-up over silero's loop (target >= 2)"] = f"{vad['speedup']}x, segments match: {vad['segments_match']}"
     best = max((r["throughput_x"] for r in rows), default=None)

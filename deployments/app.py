@@ -69,10 +69,47 @@ def transcriber_gpus(settings: AppSettings) -> float:
     return 1.0 if cluster_gpus() >= 1 else 0.0
 
 
+def check_model_sources(settings: AppSettings) -> None:
+    """Stop at once, with one line, when a model cannot be had: a ``.nemo`` path that is not a file, or an HF id that
+    is neither in the local cache nor reachable (otherwise Ray would retry the replicas for minutes)."""
+    for spec in settings.served_models:
+        problem = model_source_problem(spec.source)
+        if problem:
+            raise SystemExit(f"Cannot serve model {spec.id!r}: {problem}. Download it where there is network "
+                             "(huggingface-cli download nvidia/parakeet-tdt-0.6b-v2) or set "
+                             "PARAKEET_MODEL=/path/to/model.nemo (PARAKEET_MODELS for several).")
+
+
+def model_source_problem(source: str) -> str | None:
+    if source.endswith(".nemo") or source.startswith(("/", ".")) or Path(source).exists():
+        return None if Path(source).is_file() else f"tried the local file {source}: no such file"
+    if "/" not in source:  # a NeMo (NGC) pretrained name: found, or not, when the replica loads it
+        return None
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        huggingface_hub.snapshot_download(source, local_files_only=True)
+        return None
+    except Exception:  # noqa: BLE001 - not in the cache: ask the hub (quickly) whether it can be downloaded
+        pass
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return f"tried Hugging Face model {source}: not in the local cache and HF_HUB_OFFLINE is set"
+    try:
+        huggingface_hub.HfApi().model_info(source, timeout=10)
+    except HfHubHTTPError as exc:
+        return f"tried Hugging Face model {source}: the hub answered {exc.response.status_code if exc.response else exc}"
+    except Exception as exc:  # noqa: BLE001 - no network, DNS, timeout: one line either way
+        return f"tried Hugging Face model {source}: not in the local cache and the hub is unreachable " \
+               f"({type(exc).__name__})"
+    return None
+
+
 def build_app(args: dict[str, Any] | None = None, deployment_options: DeploymentOptions | None = None
               ) -> Application:
     """The application. ``deployment_options`` (tests, the benchmark) override the config file's values."""
     settings = AppSettings(**(args or {}))
+    check_model_sources(settings)
     gpus = transcriber_gpus(settings)
     log.info("Parakeet app: model=%s, transcriber GPUs per replica=%s", settings.model, gpus)
     resources = {"Transcriber": {"ray_actor_options": {"num_gpus": gpus, "num_cpus": settings.transcriber_cpus}}}

@@ -42,6 +42,7 @@ class GraphBackends:
         self.segmenter = segmenter
         self.transcriber = transcriber
         self.aligner = aligner
+        self._by_model: dict[str, DeploymentHandle] = {}
 
     def put(self, audio: np.ndarray) -> ray.ObjectRef:
         return ray.put(audio)  # once; every downstream call gets the reference, not the samples
@@ -58,14 +59,21 @@ class GraphBackends:
         finally:
             stream.cancel()
 
-    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int) -> DeploymentResponse:
-        return self.transcriber.transcribe.remote(audio_ref, start, end)
+    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str) -> DeploymentResponse:
+        return self._transcriber(model).transcribe.remote(audio_ref, start, end)
 
     async def collect(self, call: DeploymentResponse) -> SegmentTokens:
         return await downstream(call)
 
-    async def transcribe_samples(self, samples: np.ndarray) -> SegmentTokens:
-        return await downstream(self.transcriber.transcribe.remote(samples))
+    async def transcribe_samples(self, samples: np.ndarray, model: str) -> SegmentTokens:
+        return await downstream(self._transcriber(model).transcribe.remote(samples))
+
+    def _transcriber(self, model: str) -> DeploymentHandle:
+        """The Transcriber handle for ``model``: Serve's multiplexing routes to replicas that hold it."""
+        handle = self._by_model.get(model)
+        if handle is None:
+            handle = self._by_model[model] = self.transcriber.options(multiplexed_model_id=model)
+        return handle
 
     async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
                     ) -> tuple[list[Word], list[Segment]]:

@@ -12,15 +12,19 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.access import ACCESS, AccessMiddleware
 from deployments.backends import GraphBackends
 from deployments.http_api import install_error_handlers, openai_response, read_upload
 from deployments.metrics import IngressMetrics
 from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import formats
-from deployments.speech.pipeline import AudioInput, TranscriptionPipeline
+from deployments.speech.catalog import ModelCatalog
+from deployments.speech.admission import Admission, Ticket, TooBusy
+from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
 from deployments.speech.schemas import TranscriptionResult
 from deployments.speech.settings import AppSettings
@@ -29,6 +33,7 @@ from deployments.stream_connection import StreamConnection, StreamSlots
 api = FastAPI(title="Parakeet speech-to-text", version="1.0",
               description="OpenAI-compatible transcription with NVIDIA Parakeet-TDT-0.6B-v2 on Ray Serve.")
 install_error_handlers(api)
+api.add_middleware(AccessMiddleware)  # the API key and CORS (this replica's settings, set in __init__)
 
 
 @serve.deployment
@@ -39,39 +44,69 @@ class Ingress:
         self.settings = settings
         self.backends = GraphBackends(segmenter, transcriber, aligner)
         self.pipeline = TranscriptionPipeline(self.backends, settings)
+        self.catalog = ModelCatalog(settings.served_models)
         self.metrics = IngressMetrics()
         self.slots = StreamSlots(settings.stream.max_streams)
+        self.admission = Admission(settings.admission)
+        ACCESS.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        ACCESS.cors_origins = list(settings.cors_origins)
+
+    @contextlib.asynccontextmanager
+    async def _request(self, route: str) -> AsyncIterator[Ticket]:
+        """Counted (metrics) and admitted (or refused at once with 429) before any work is done."""
+        async with self.metrics.request(route):
+            with self.admission.request() as ticket:
+                yield ticket
+
+    async def _load(self, ticket: Ticket, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
+        loaded = await self.pipeline.load(audio, sample_rate)
+        ticket.admit_audio(loaded.duration)
+        return loaded
 
     # ---------------------------------------------------------------- Python handle API
 
     async def transcribe(self, audio: AudioInput, sample_rate: int | None = None, timestamps: bool = False,
-                         vad: bool = True) -> TranscriptionResult:
-        """``handle.transcribe.remote(audio, timestamps=True)``: encoded bytes, or samples with ``sample_rate``."""
-        async with self.metrics.request("handle"):
-            loaded = await self.pipeline.load(audio, sample_rate)
-            return await self.pipeline.transcribe(loaded, timestamps=timestamps, vad=vad)
+                         vad: bool = True, model: str | None = None, language: str | None = None,
+                         logprobs: bool = False) -> TranscriptionResult:
+        """``handle.transcribe.remote(audio, timestamps=True)``: encoded bytes, or samples with ``sample_rate``;
+        ``model`` picks a served model by id (default: the first)."""
+        async with self._request("handle") as ticket:
+            choice = self.catalog.choose(model, language)
+            loaded = await self._load(ticket, audio, sample_rate)
+            return await self.pipeline.transcribe(loaded, timestamps=timestamps, vad=vad, model=choice,
+                                                  logprobs=logprobs)
 
     async def transcribe_stream(self, audio: AudioInput, sample_rate: int | None = None, timestamps: bool = False,
-                                partials: bool = True, chunk_ms: int = 100) -> AsyncIterator[dict]:
+                                partials: bool = True, chunk_ms: int = 100, model: str | None = None,
+                                language: str | None = None) -> AsyncIterator[dict]:
         """The WebSocket's events for a whole recording fed as a live stream in ``chunk_ms`` pieces:
         ``handle.options(stream=True).transcribe_stream.remote(audio, sample_rate=16000)`` yields ``partial`` /
         ``final`` dicts and a last ``{"type": "done"}``."""
-        loaded = await self.pipeline.load(audio, sample_rate)
-        events = self.pipeline.replay(loaded, chunk_ms=chunk_ms, timestamps=timestamps, partials=partials)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event_dict(event)
-        yield event_dict(DoneEvent())
+        choice = self.catalog.choose(model, language)
+        if not self.slots.take():  # a live stream: counted with the WebSocket streams
+            raise TooBusy(f"Too many concurrent streams ({self.slots.limit} per replica); retry shortly.",
+                          self.settings.admission.retry_after_s)
+        try:
+            loaded = await self.pipeline.load(audio, sample_rate)
+            events = self.pipeline.replay(loaded, chunk_ms=chunk_ms, timestamps=timestamps, partials=partials,
+                                          model=choice)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event_dict(event)
+            yield event_dict(DoneEvent())
+        finally:
+            self.slots.give_back()
 
     async def stream_stats(self) -> dict:
-        """Open streams and live asyncio tasks on this replica (operators; the tests' leak check)."""
-        return {"active_streams": self.slots.active, "tasks": len(asyncio.all_tasks())}
+        """Open streams, admitted requests and live asyncio tasks on this replica (operators; leak checks)."""
+        return {"active_streams": self.slots.active, "tasks": len(asyncio.all_tasks()),
+                "requests": self.admission.requests, "audio_s": self.admission.audio_s, "shed": self.admission.shed}
 
     # ---------------------------------------------------------------- live streams
 
     @api.websocket("/v1/audio/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        connection = StreamConnection(websocket, self.pipeline, self.settings.stream, self.slots)
+        connection = StreamConnection(websocket, self.pipeline, self.catalog, self.settings.stream, self.slots)
         self.metrics.stream_ended(await connection.serve())
 
     @api.websocket("/ws")
@@ -81,29 +116,33 @@ class Ingress:
     @api.websocket("/v1/realtime")
     async def realtime(self, websocket: WebSocket) -> None:
         """OpenAI's Realtime transcription protocol (``?intent=transcription``) over the same live pipeline."""
-        connection = RealtimeConnection(websocket, self.pipeline, self.settings, self.slots)
+        connection = RealtimeConnection(websocket, self.pipeline, self.catalog, self.settings, self.slots)
         self.metrics.stream_ended(await connection.serve())
 
     # ---------------------------------------------------------------- HTTP
 
     @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription")
     async def openai_transcriptions(self, request: Request) -> Response:
-        async with self.metrics.request("openai"):
+        async with self._request("openai") as ticket:
             options, data = await read_upload(request, OpenAIRequest.from_form, self.settings.limits.max_upload_bytes)
-            loaded = await self.pipeline.load(data)
-            if options.stream:
-                frames = (sse_frame(event) async for event in self.pipeline.text_events(loaded, vad=options.vad))
-                return StreamingResponse(frames, media_type="text/event-stream")
-            result = await self.pipeline.transcribe(loaded, timestamps=options.timestamps, vad=options.vad)
+            choice = self.catalog.choose(options.model, options.language)
+            loaded = await self._load(ticket, data)
+            if options.stream:  # the ticket is held until the stream ends
+                events = self.pipeline.text_events(loaded, vad=options.vad, model=choice)
+                return StreamingResponse(_frames(events, ticket.keep()), media_type="text/event-stream",
+                                         background=BackgroundTask(ticket.release))
+            result = await self.pipeline.transcribe(loaded, timestamps=options.timestamps, vad=options.vad,
+                                                    model=choice, logprobs=options.logprobs)
             return openai_response(result, options)
 
     @api.post("/transcribe", summary="The previous server's endpoint")
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
-        async with self.metrics.request("legacy"):
+        async with self._request("legacy") as ticket:
             options, data = await read_upload(request, LegacyRequest.from_form, self.settings.limits.max_upload_bytes)
-            loaded = await self.pipeline.load(data)
+            choice = self.catalog.choose(options.model, None)
+            loaded = await self._load(ticket, data)
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
-                                                    vad=options.should_chunk)
+                                                    vad=options.should_chunk, model=choice)
             return JSONResponse(formats.legacy(result, options.include_timestamps))
 
     @api.get("/healthz", summary="Liveness")
@@ -119,7 +158,14 @@ class Ingress:
                                 headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready", "model": model})
 
-    @api.get("/v1/models", summary="The served model (OpenAI list format)")
+    @api.get("/v1/models", summary="The served models (OpenAI list format)")
     async def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.settings.model_name, "object": "model", "created": 0,
-                                            "owned_by": "nvidia", "root": self.settings.model}]}
+        return self.catalog.listing()
+
+
+async def _frames(events: AsyncIterator, ticket: Ticket) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield sse_frame(event)
+    finally:
+        ticket.release()

@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from deployments.speech import audio as audio_io
+from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InternalError
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
@@ -37,10 +38,11 @@ _END = object()
 
 
 class RealtimeConnection:
-    def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, settings: AppSettings,
-                 slots: StreamSlots):
+    def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, catalog: ModelCatalog,
+                 settings: AppSettings, slots: StreamSlots):
         self.websocket = websocket
         self.pipeline = pipeline
+        self.catalog = catalog
         self.settings = settings
         self.slots = slots
         self.session = TranscriptionSession()
@@ -110,7 +112,7 @@ class RealtimeConnection:
     # ---------------------------------------------------------------- client events
 
     async def _session_update(self, event: dict) -> None:
-        session = self.session.updated(event.get("session"))
+        session = self.session.updated(event.get("session"), self.catalog)
         if session.input_rate != self.session.input_rate or session.model_dump() != self.session.model_dump():
             await self._end_run(flush=True)  # the audio so far is transcribed with the settings it came with
         self.session = session
@@ -169,6 +171,7 @@ class RealtimeConnection:
         try:
             loaded = LoadedAudio(samples, len(samples) / SAMPLE_RATE)
             result = await self.pipeline.transcribe(loaded, timestamps=False, vad=True,
+                                                    model=self.session.model(self.catalog),
                                                     logprobs=self.session.logprobs)
             await self._send(completed_event(self.ids.event(), item, result.text, loaded.duration, result.logprobs))
         except ApiError as exc:
@@ -200,7 +203,7 @@ class RealtimeConnection:
         session = self.session
         return {"id": self.session_id, **session.describe(session.vad_settings(self.settings.vad),
                                                           session.stream_settings(self.settings.stream),
-                                                          self.settings.model_name)}
+                                                          session.model(self.catalog))}
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(work)
@@ -231,6 +234,7 @@ class LiveRun:
         session = connection.session
         settings = connection.settings
         events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
+                                          model=session.model(connection.catalog),
                                           logprobs=session.logprobs, vad=session.vad_settings(settings.vad),
                                           stream=session.stream_settings(settings.stream))
         self.task = asyncio.create_task(self._forward(events))

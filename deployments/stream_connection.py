@@ -15,6 +15,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from deployments.speech import audio as audio_io
+from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
 from deployments.speech.pipeline import TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, EndOfStream, StreamConfig, StreamError, event_dict
@@ -48,10 +49,11 @@ class StreamSlots:
 
 
 class StreamConnection:
-    def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, settings: StreamSettings,
-                 slots: StreamSlots):
+    def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, catalog: ModelCatalog,
+                 settings: StreamSettings, slots: StreamSlots):
         self.websocket = websocket
         self.pipeline = pipeline
+        self.catalog = catalog
         self.settings = settings
         self.slots = slots
 
@@ -84,8 +86,13 @@ class StreamConnection:
                 detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 await self._fail(f"Invalid stream config: {detail}", BAD_CONFIG, "invalid_config")
                 return "bad_config"
+        try:
+            choice = self.catalog.choose(config.model, config.language)
+        except ApiError as exc:
+            await self._fail(exc.message, BAD_CONFIG, exc.code)
+            return "bad_config"
         events = self.pipeline.live(self._audio(config, opening), timestamps=config.timestamps,
-                                    partials=config.partials)
+                                    partials=config.partials, model=choice)
         async with contextlib.aclosing(events):
             async for event in events:
                 await self.websocket.send_json(event_dict(event))

@@ -1,5 +1,8 @@
 """Transcriber deployment: Parakeet on the replica's GPU (or CPU), requests batched with ``@serve.batch``.
 
+Several checkpoints can be served (``models``): each request names one (Serve's model multiplexing routes it to a
+replica that holds it, loading it there on demand, least recently used evicted past ``max_models_per_replica``).
+
 Batching (``BatchSettings``) is the deployment's ``user_config``: Ray calls ``reconfigure`` after start-up and on
 every change, and a batch bigger than any run so far is warmed up there before traffic uses it.
 """
@@ -11,13 +14,14 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 from deployments.speech.batching import ItemFailure, run_isolated
-from deployments.speech.errors import InvalidRequest
+from deployments.speech.errors import InvalidRequest, NotFound, Overloaded
 from deployments.speech.schemas import SegmentTokens
 from deployments.speech.settings import AppSettings, BatchSettings
 
@@ -25,60 +29,128 @@ log = logging.getLogger("ray.serve")
 DEFAULT_BATCHING = BatchSettings()
 
 
+class ModelUnavailable(Overloaded):
+    """A model that cannot be loaded right now: 503, retry (or ask for another model)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retry_after_s=10, code="model_unavailable")
+
+
+class LoadedModel:
+    """One model on this replica. Serve's multiplexing calls ``__del__`` when it evicts the least recently used
+    model (Python may call it again at collection: it is idempotent)."""
+
+    def __init__(self, model_id: str, recognizer, on_unload: Callable[[str], None]):
+        self.model_id = model_id
+        self.recognizer = recognizer
+        self.warmed_batch = 0
+        self._on_unload = on_unload
+
+    def __del__(self):
+        if self.recognizer is not None:
+            self.recognizer = None
+            self._on_unload(self.model_id)
+
+
 @serve.deployment
 class Transcriber:
     def __init__(self, settings: AppSettings):
         import torch
 
-        from deployments.speech.parakeet import ParakeetRecognizer
+        from deployments.speech.parakeet import resolve_device
 
         cpus = _assigned_cpus(settings.transcriber_cpus)
         torch.set_num_threads(cpus)  # each replica uses its share, not every core of the node
         self.settings = settings
-        self.recognizer = ParakeetRecognizer.load(
-            settings.model, device=settings.device, use_bf16=settings.use_bf16,
-            local_attention_above_s=settings.local_attention_above_s, max_batch_audio_s=settings.max_batch_audio_s)
-        # One worker thread: model work is serialised and never runs on the event loop.
+        self.device = resolve_device(settings.device)
+        self.specs = {spec.id: spec for spec in settings.served_models}
+        self.default_model = settings.default_model.id
+        # One worker thread: model work (and loading) is serialised and never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parakeet")
         self.batching = DEFAULT_BATCHING
-        self._warmed_batch = 0
-        self.batches = 0
+        self.loaded: dict[str, LoadedModel] = {}
+        self.load_seconds: dict[str, float] = {}
+        self.evictions = 0
+        self.batches = 0  # Serve batches (they may hold several models' segments)
         self.items = 0
         self.batch_sizes: dict[int, int] = {}
+        self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
         self._batch_size_metric = Histogram("parakeet_batch_size", "Segments per model batch",
-                                            boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32])
-        self._audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model")
+                                            boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32], tag_keys=("model",))
+        self._audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model",
+                                      tag_keys=("model",))
         self._batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
                                         boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
-        log.info("Transcriber loaded: %s on %s (%s), %d torch threads", settings.model, self.recognizer.device,
-                 self.recognizer.dtype, cpus)
+
+        async def load(model_id: str) -> LoadedModel:
+            return await self._load(model_id)
+
+        # Requests for a model go to replicas that hold it; past max_models_per_replica the least recently used
+        # model is evicted (Serve's model multiplexing).
+        self._model = serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)(load)
+        log.info("Transcriber on %s, %d torch threads, models: %s", self.device, cpus, ", ".join(self.specs))
 
     async def reconfigure(self, user_config: dict) -> None:
-        """``user_config`` (serve_config.yaml, or ``serve deploy`` on a running service): the batching knobs."""
+        """``user_config`` (serve_config.yaml, or ``serve deploy`` on a running service): the batching knobs.
+        The default model is loaded (and warmed up at the new size) before the replica takes traffic."""
         batching = BatchSettings(**(user_config or {}))
-        if self.settings.warmup and batching.max_batch_size > self._warmed_batch:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._warm_up, batching.max_batch_size)
+        self.batching = batching
+        await self._model(self.default_model)
+        for model in list(self.loaded.values()):
+            await self._warm_up(model)
         self._transcribe_batch.set_max_batch_size(batching.max_batch_size)
         self._transcribe_batch.set_batch_wait_timeout_s(batching.batch_ms / 1000)
-        self.batching = batching
         log.info("Transcriber batching: %s", batching)
 
-    def _warm_up(self, batch_size: int) -> None:
+    async def _load(self, model_id: str) -> LoadedModel:
+        from deployments.speech.parakeet import ParakeetRecognizer
+
+        spec = self.specs[model_id]
+        started = time.perf_counter()
+        settings = self.settings
+        recognizer = await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: ParakeetRecognizer.load(
+                spec.source, device=settings.device, use_bf16=settings.use_bf16,
+                local_attention_above_s=settings.local_attention_above_s,
+                max_batch_audio_s=settings.max_batch_audio_s, confidence=settings.confidence))
+        model = LoadedModel(model_id, recognizer, self._unloaded)
+        await self._warm_up(model)
+        self.loaded[model_id] = model
+        self.load_seconds[model_id] = round(time.perf_counter() - started, 3)
+        log.info("Model %s loaded from %s in %.1f s (%s)", model_id, spec.source, self.load_seconds[model_id],
+                 recognizer.dtype)
+        return model
+
+    def _unloaded(self, model_id: str) -> None:
+        self.loaded.pop(model_id, None)
+        self.evictions += 1
+        log.info("Model %s evicted (least recently used)", model_id)
+
+    async def _warm_up(self, model: LoadedModel) -> None:
         """Run the largest batch once so CUDA graphs, kernels and the allocator are ready before traffic."""
-        seconds = self.settings.vad.max_segment_s if self.recognizer.device.startswith("cuda") else 1.0
-        self.recognizer.transcribe([np.zeros(int(seconds * 16000), np.float32)] * batch_size)
-        self._warmed_batch = batch_size
+        size = self.batching.max_batch_size
+        if not self.settings.warmup or size <= model.warmed_batch:
+            return
+        seconds = self.settings.vad.max_segment_s if self.device.startswith("cuda") else 1.0
+        silence = [np.zeros(int(seconds * 16000), np.float32)] * size
+        await asyncio.get_running_loop().run_in_executor(self._executor, model.recognizer.transcribe, silence)
+        model.warmed_batch = size
 
     async def transcribe(self, audio: np.ndarray, start: int = 0, end: int | None = None) -> SegmentTokens:
-        """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used)."""
+        """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used) by the model
+        the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default)."""
+        model_id = serve.get_multiplexed_model_id() or self.default_model
+        if model_id not in self.specs:
+            raise NotFound(f"The model {model_id!r} is not served here; served models: {', '.join(self.specs)}.",
+                           code="model_not_found")
         if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.dtype != np.float32:
             raise InvalidRequest("The Transcriber takes float32 mono 16 kHz samples.", code="invalid_audio_array")
         end = len(audio) if end is None else end
         if not 0 <= start < end <= len(audio):
             raise InvalidRequest(f"Segment [{start}, {end}) is outside the audio (0..{len(audio)}).",
                                  code="invalid_segment")
-        result = await self._transcribe_batch(audio[start:end])
+        result = await self._transcribe_batch(audio[start:end], model_id)
         if isinstance(result, ItemFailure):
             raise result.error
         return result
@@ -86,36 +158,60 @@ class Transcriber:
     # The design's batching; reconfigure() applies the user_config's values before the replica takes traffic.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
                  batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _transcribe_batch(self, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+    async def _transcribe_batch(self, segments: list[np.ndarray], model_ids: list[str]
+                                ) -> list[SegmentTokens | ItemFailure]:
+        """One Serve batch; each model's segments in it are one model call (a batch never mixes models)."""
         self.batches += 1
         self.items += len(segments)
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
-        self._batch_size_metric.observe(len(segments))
-        self._audio_seconds.inc(sum(len(s) for s in segments) / 16000)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_batch, segments)
+        results: list[SegmentTokens | ItemFailure | None] = [None] * len(segments)
+        for model_id in dict.fromkeys(model_ids):
+            rows = [i for i, m in enumerate(model_ids) if m == model_id]
+            for i, result in zip(rows, await self._run_model(model_id, [segments[i] for i in rows])):
+                results[i] = result
+        return results  # type: ignore[return-value]
 
-    def _run_batch(self, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+    async def _run_model(self, model_id: str, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+        try:
+            recognizer = (await self._model(model_id)).recognizer
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded fails its requests, clearly
+            log.error("Model %s could not be loaded: %s", model_id, exc)
+            return [ItemFailure(ModelUnavailable(f"The model {model_id!r} could not be loaded on this replica."))
+                    ] * len(segments)
+        sizes = self.model_batch_sizes.setdefault(model_id, {})
+        sizes[len(segments)] = sizes.get(len(segments), 0) + 1
+        self._batch_size_metric.observe(len(segments), tags={"model": model_id})
+        self._audio_seconds.inc(sum(len(s) for s in segments) / 16000, tags={"model": model_id})
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_batch, recognizer, segments)
+
+    def _run_batch(self, recognizer, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
         started = time.perf_counter()
         try:
-            return run_isolated(self.recognizer.transcribe, segments)
+            return run_isolated(recognizer.transcribe, segments)
         finally:
             elapsed = time.perf_counter() - started
             self.model_seconds += elapsed
             self._batch_latency.observe(elapsed * 1000)
 
     def stats(self) -> dict:
-        """Batching counters for tests and operators (per replica)."""
+        """Batching and model counters for tests and operators (per replica)."""
         stats = {"batches": self.batches, "items": self.items, "batch_sizes": dict(self.batch_sizes),
-                 "model_seconds": self.model_seconds, "batching": self.batching.model_dump()}
-        if self.recognizer.device.startswith("cuda"):
+                 "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
+                 "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
+                 "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),
+                 "evictions": self.evictions}
+        if self.device.startswith("cuda"):
             import torch
 
             stats["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         return stats
 
     def ready(self) -> dict:
-        return {"model": self.settings.model, "device": self.recognizer.device, "dtype": str(self.recognizer.dtype)}
+        default = self.loaded.get(self.default_model)
+        dtype = str(default.recognizer.dtype) if default is not None and default.recognizer is not None else None
+        return {"model": self.settings.default_model.source, "id": self.default_model, "device": self.device,
+                "dtype": dtype, "loaded": list(self.loaded)}
 
 
 def _assigned_cpus(default: float) -> int:

@@ -62,21 +62,22 @@ class ServedApp:
         return serve.get_app_handle(self.name)
 
 
-def run_app(ray_cluster: str, deployment_options: dict | None = None, **args) -> ServedApp:
+def run_app(ray_cluster: str, deployment_options: dict | None = None, name: str = "parakeet",
+            route_prefix: str = "/", **args) -> ServedApp:
     """The app as build_app makes it: serve_config.yaml's deployment options unless ``deployment_options``
-    overrides some."""
+    overrides some. Another ``name`` and ``route_prefix`` run it beside the shared digits app."""
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.run(build_app(args, deployment_options), name="parakeet", route_prefix="/", blocking=False)
-    return ServedApp(url=ray_cluster, name="parakeet")
+    serve.run(build_app(args, deployment_options), name=name, route_prefix=route_prefix, blocking=False)
+    return ServedApp(url=ray_cluster + route_prefix.rstrip("/"), name=name)
 
 
-def stop_app() -> None:
+def stop_app(name: str = "parakeet") -> None:
     from ray import serve
 
-    serve.delete("parakeet")
+    serve.delete(name)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,11 @@ class InvalidRequest(ApiError):
     type = "invalid_request_error"
 
 
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"

@@ -38,14 +38,17 @@ def vtt(segments: list[Segment]) -> str:
 def render(result: TranscriptionResult, response_format: str, granularities: set[str]) -> dict | str:
     """JSON-able dict for json formats, str for text formats."""
     if response_format == "json":
-        return {"text": result.text}
+        body = {"text": result.text}
+        if result.logprobs is not None:  # include[]=logprobs
+            body["logprobs"] = [p.model_dump() for p in result.logprobs]
+        return body
     if response_format == "text":
         return result.text + "\n"
     if response_format == "srt":
         return srt(result.segments)
     if response_format == "vtt":
         return vtt(result.segments)
-    body = result.model_dump(exclude={"logprobs"} if result.logprobs is None else None)
+    body = result.model_dump(exclude_none=True)  # word probabilities only when confidence is on
     # OpenAI returns only the granularities asked for (segments by default).
     if granularities and "segment" not in granularities:
         body.pop("segments")
@@ -59,7 +62,8 @@ def legacy(result: TranscriptionResult, include_timestamps: bool) -> dict:
     timestamps = None
     if include_timestamps:
         timestamps = {
-            "words": [{"text": w.word, "start": w.start, "end": w.end} for w in result.words],
+            "words": [{"text": w.word, "start": w.start, "end": w.end,
+                       **({} if w.probability is None else {"confidence": w.probability})} for w in result.words],
             "segments": [{"text": s.text, "start": s.start, "end": s.end} for s in result.segments],
         }
     return {"text": result.text, "timestamps": timestamps}

@@ -71,7 +71,7 @@ class ParakeetRecognizer:
 
     def __init__(self, model, device: str, use_bf16: bool = True, local_attention_above_s: float = 600.0,
                  local_attention_context: tuple[int, int] = (128, 128), max_padding_ratio: float = 1.5,
-                 max_batch_audio_s: float = 1200.0):
+                 max_batch_audio_s: float = 1200.0, confidence: bool = True):
         import torch
 
         self.device = device
@@ -82,6 +82,7 @@ class ParakeetRecognizer:
         self.max_batch_samples = int(max_batch_audio_s * SAMPLE_RATE)
         self._local_encoder = None
         self._lock = threading.Lock()
+        self.confidence = confidence
         self.dtype = torch.bfloat16 if (device.startswith("cuda") and use_bf16) else torch.float32
         # Mel features stay in float32 (log of small energies); the heavy networks run in bf16 on GPU.
         for module in (self.model.encoder, self.model.decoder, self.model.joint):
@@ -117,7 +118,7 @@ class ParakeetRecognizer:
             # Each emitted token's confidence, computed by the decoder in the same pass from the joint's token
             # log-softmax: "max_prob" with alpha 1 is (p * v - 1) / (v - 1), p the greedy token's probability
             # (the largest) over the v = vocabulary + blank outputs, so ``_token_logprob`` recovers log p exactly.
-            decoding_cfg.confidence_cfg = {"preserve_token_confidence": True, "exclude_blank": True,
+            decoding_cfg.confidence_cfg = {"preserve_token_confidence": self.confidence, "exclude_blank": True,
                                            "method_cfg": {"name": "max_prob", "alpha": 1.0}}
         self.model.change_decoding_strategy(decoding_cfg, verbose=False)
         self._confidence_classes = int(self.model.decoding.decoding.num_tokens)

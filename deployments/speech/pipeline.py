@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Union
 import numpy as np
 
 from . import audio as audio_io
+from .catalog import Choice
 from .errors import ApiError, InternalError, Overloaded
 from .fan_out import Cancellable, transcribe_as_found
 from .live import live_events
@@ -39,12 +40,12 @@ class Backends(Protocol):
     def segments(self, audio_ref: Any) -> AsyncIterator[list[SpeechSegment]]:
         """Speech segments in order, as VAD finds them."""
 
-    def transcribe(self, audio_ref: Any, start: int, end: int) -> Cancellable:
-        """Start one segment's transcription (a batched model call) without waiting for it."""
+    def transcribe(self, audio_ref: Any, start: int, end: int, model: str) -> Cancellable:
+        """Start one segment's transcription by ``model`` (a batched model call) without waiting for it."""
 
     async def collect(self, call: Cancellable) -> SegmentTokens: ...
 
-    async def transcribe_samples(self, samples: np.ndarray) -> SegmentTokens: ...
+    async def transcribe_samples(self, samples: np.ndarray, model: str) -> SegmentTokens: ...
 
     async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
                     ) -> tuple[list[Word], list[Segment]]: ...
@@ -72,27 +73,29 @@ class TranscriptionPipeline:
             samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate)
         return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))
 
-    async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, logprobs: bool = False,
-                         on_text: Callable[[str], Awaitable[None]] | None = None) -> TranscriptionResult:
+    async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, model: Choice,
+                         logprobs: bool = False, on_text: Callable[[str], Awaitable[None]] | None = None
+                         ) -> TranscriptionResult:
         """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text, in
         order, as soon as it is ready; ``logprobs`` adds each token's log-probability (from the same pass)."""
         try:
-            return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, logprobs, on_text),
+            return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, model, logprobs, on_text),
                                           self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise Overloaded(f"The request took longer than {self.settings.request_timeout_s:g} s.",
                              code="timeout") from None
 
-    async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool, logprobs: bool,
+    async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool, model: Choice, logprobs: bool,
                           on_text: Callable[[str], Awaitable[None]] | None) -> TranscriptionResult:
         # Each segment goes to the model the moment VAD hands it out, so transcription overlaps VAD; the audio is
         # stored once and every call carries the reference with its (start, end).
         audio_ref = self.backends.put(audio.samples)
         segments, tokens = await transcribe_as_found(
             self._speech(audio_ref, len(audio.samples), vad),
-            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end),
+            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id),
             collect=self.backends.collect, on_text=on_text)
-        result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]))
+        result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]),
+                                     language=model.language)
         if logprobs:
             result.logprobs = [scored for t in tokens for scored in token_logprobs(t)]
         if timestamps:
@@ -107,7 +110,7 @@ class TranscriptionPipeline:
         async for found in self.backends.segments(audio_ref):
             yield found
 
-    async def text_events(self, audio: LoadedAudio, *, vad: bool) -> AsyncIterator[SseEvent]:
+    async def text_events(self, audio: LoadedAudio, *, vad: bool, model: Choice) -> AsyncIterator[SseEvent]:
         """OpenAI's ``transcript.text.delta`` per finished segment, then ``transcript.text.done``; a failure
         after the first event is an ``error`` event (the HTTP status was already sent)."""
         queue: asyncio.Queue = asyncio.Queue()
@@ -117,7 +120,7 @@ class TranscriptionPipeline:
 
         async def run() -> TranscriptionResult:
             try:
-                return await self.transcribe(audio, timestamps=False, vad=vad, on_text=on_text)
+                return await self.transcribe(audio, timestamps=False, vad=vad, model=model, on_text=on_text)
             finally:
                 await queue.put(None)
 
@@ -137,17 +140,20 @@ class TranscriptionPipeline:
             if not task.done():
                 task.cancel()
 
-    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool, turns: bool = False,
-             logprobs: bool = False, vad: VadSettings | None = None, stream: StreamSettings | None = None
-             ) -> AsyncIterator[LiveEvent]:
+    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool, model: Choice,
+             turns: bool = False, logprobs: bool = False, vad: VadSettings | None = None,
+             stream: StreamSettings | None = None) -> AsyncIterator[LiveEvent]:
         """A live stream's events: VAD on the Segmenter replicas, utterances to the model, words when asked.
         ``vad`` / ``stream`` replace the service's settings for this stream (a Realtime session's turn detection).
         """
-        return live_events(chunks, self.backends.vad_step, self.backends.transcribe_samples,
+        async def transcribe(samples: np.ndarray) -> SegmentTokens:
+            return await self.backends.transcribe_samples(samples, model.model.id)
+
+        return live_events(chunks, self.backends.vad_step, transcribe,
                            self.backends.align if timestamps else None, stream or self.settings.stream,
                            vad or self.settings.vad, partials, turns=turns, logprobs=logprobs)
 
-    def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool
+    def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool, model: Choice
                ) -> AsyncIterator[LiveEvent]:
         """A whole recording fed to the live pipeline in ``chunk_ms`` pieces (the handle's ``transcribe_stream``)."""
         step = max(1, int(chunk_ms * SAMPLE_RATE / 1000))
@@ -156,4 +162,4 @@ class TranscriptionPipeline:
             for start in range(0, len(audio.samples), step):
                 yield audio.samples[start:start + step]
 
-        return self.live(chunks(), timestamps=timestamps, partials=partials)
+        return self.live(chunks(), timestamps=timestamps, partials=partials, model=model)

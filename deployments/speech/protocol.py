@@ -19,7 +19,7 @@ from .schemas import TokenLogprob, Word
 from .uploads import UploadForm
 
 GRANULARITIES = ("word", "segment")
-LANGUAGES = ("", "en", "english")
+INCLUDES = ("logprobs",)
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
@@ -62,6 +62,9 @@ class OpenAIRequest(BaseModel):
     granularities: set[str] = Field(default_factory=set)
     stream: bool = False
     vad: bool = True
+    model: Optional[str] = None  # a served model's id (empty: the default)
+    language: Optional[str] = None  # checked against the model's languages
+    logprobs: bool = False  # include[]=logprobs
 
     @property
     def timestamps(self) -> bool:
@@ -80,17 +83,21 @@ class OpenAIRequest(BaseModel):
         if unknown:
             raise InvalidRequest(f"timestamp_granularities accepts 'word' and 'segment'; got "
                                  f"{', '.join(sorted(unknown))}.", code="invalid_timestamp_granularities")
-        language = (form.get("language") or "").strip().lower()
-        if language not in LANGUAGES:
-            raise InvalidRequest(f"language {language!r} is not supported: parakeet-tdt-0.6b-v2 transcribes "
-                                 "English only (language=en).", code="unsupported_language")
         _check_temperature(form.get("temperature"))
         stream = parse_bool("stream", form.get("stream"), False)
         if stream and response_format not in ("json", "text"):
             raise InvalidRequest("stream=true returns text events; use response_format json or text with it.",
                                  code="invalid_parameter")
+        include = {value.strip() for value in form.get_all("include[]", "include") if value.strip()}
+        if include - set(INCLUDES):
+            raise InvalidRequest(f"include accepts {', '.join(INCLUDES)}; got {', '.join(sorted(include))}.",
+                                 code="invalid_include")
+        if include and (response_format != "json" or stream):
+            raise InvalidRequest("include[]=logprobs comes with response_format=json (not streamed).",
+                                 code="invalid_parameter")
         return cls(response_format=response_format, granularities=granularities, stream=stream,
-                   vad=parse_bool("vad", form.get("vad"), True))
+                   vad=parse_bool("vad", form.get("vad"), True), model=form.get("model"),
+                   language=form.get("language"), logprobs="logprobs" in include)
 
 
 def _check_temperature(temperature: str | None) -> None:
@@ -110,11 +117,12 @@ class LegacyRequest(BaseModel):
 
     include_timestamps: bool = False
     should_chunk: bool = True
+    model: Optional[str] = None
 
     @classmethod
     def from_form(cls, form: UploadForm) -> "LegacyRequest":
         return cls(include_timestamps=parse_bool("include_timestamps", form.get("include_timestamps"), False),
-                   should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True))
+                   should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True), model=form.get("model"))
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI SSE
@@ -154,6 +162,8 @@ class StreamConfig(BaseModel):
     encoding: Literal["pcm_s16le"] = "pcm_s16le"
     timestamps: bool = False
     partials: bool = True
+    model: Optional[str] = None  # a served model's id (empty: the default)
+    language: Optional[str] = None
 
 
 class EndOfStream(BaseModel):

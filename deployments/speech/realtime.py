@@ -18,14 +18,14 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidRequest, PayloadTooLarge
+from .catalog import Choice, ModelCatalog
+from .errors import ApiError, InvalidRequest, PayloadTooLarge
 from .schemas import TokenLogprob
 from .settings import StreamSettings, VadSettings
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
 PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # OpenAI sends 24 kHz; others are resampled too
 G711_RATE = 8000
-LANGUAGES = ("en", "english")
 
 
 class RealtimeError(InvalidRequest):
@@ -103,7 +103,7 @@ class TranscriptionSession(_Strict):
         fmt = self.input.format
         return fmt.rate if isinstance(fmt, PcmFormat) else G711_RATE
 
-    def updated(self, update: Any) -> "TranscriptionSession":
+    def updated(self, update: Any, catalog: ModelCatalog) -> "TranscriptionSession":
         """This session with ``update`` (a ``session.update``'s ``session``) merged in; errors name the field."""
         if not isinstance(update, dict):
             raise RealtimeError("session must be an object.", param="session")
@@ -118,12 +118,21 @@ class TranscriptionSession(_Strict):
         if isinstance(fmt, PcmFormat) and fmt.rate not in PCM_RATES:
             raise RealtimeError(f"Invalid session.audio.input.format.rate {fmt.rate}: audio/pcm is accepted at "
                                 f"{', '.join(map(str, PCM_RATES))} Hz.", param="session.audio.input.format.rate")
-        language = (session.input.transcription.language or "en").lower()
-        if language not in LANGUAGES:
-            raise RealtimeError(f"Invalid session.audio.input.transcription.language {language!r}: this model "
-                                "transcribes English only (en).", code="unsupported_language",
-                                param="session.audio.input.transcription.language")
+        transcription = session.input.transcription
+        try:
+            catalog.resolve(transcription.model)
+        except ApiError as exc:
+            raise RealtimeError(exc.message, code=exc.code, param="session.audio.input.transcription.model") from None
+        try:
+            catalog.choose(transcription.model, transcription.language)
+        except ApiError as exc:
+            raise RealtimeError(exc.message, code=exc.code,
+                                param="session.audio.input.transcription.language") from None
         return session
+
+    def model(self, catalog: ModelCatalog) -> Choice:
+        transcription = self.input.transcription
+        return catalog.choose(transcription.model, transcription.language)
 
     def vad_settings(self, base: VadSettings) -> VadSettings:
         turn = self.input.turn_detection
@@ -142,13 +151,13 @@ class TranscriptionSession(_Strict):
             return base
         return base.model_copy(update={"end_of_utterance_ms": turn.silence_duration_ms})
 
-    def describe(self, vad: VadSettings, stream: StreamSettings, model: str) -> dict:
+    def describe(self, vad: VadSettings, stream: StreamSettings, model: Choice) -> dict:
         """The session object of ``session.created`` / ``session.updated``: every value in force."""
         body = self.model_dump(exclude_none=True)
         body["object"] = "realtime.transcription_session"
         body["audio"]["input"]["noise_reduction"] = None
-        body["audio"]["input"]["transcription"]["model"] = model
-        body["audio"]["input"]["transcription"].setdefault("language", "en")
+        body["audio"]["input"]["transcription"]["model"] = model.model.id
+        body["audio"]["input"]["transcription"]["language"] = model.language
         if self.server_vad:
             body["audio"]["input"]["turn_detection"] = {
                 "type": "server_vad", "threshold": vad.threshold, "prefix_padding_ms": vad.speech_pad_ms,

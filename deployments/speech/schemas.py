@@ -48,6 +48,8 @@ class Word(BaseModel):
     word: str
     start: float
     end: float
+    # how sure the decoder was: the lowest probability among the word's tokens (None: confidence is off)
+    probability: Optional[float] = None
 
 
 class Segment(BaseModel):

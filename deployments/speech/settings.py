@@ -7,9 +7,9 @@ can be pointed at a local checkpoint without editing the file.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .parakeet_defaults import DEFAULT_MODEL
@@ -64,6 +64,21 @@ class LimitSettings(BaseModel):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+class AdmissionSettings(BaseModel):
+    """How much work one Ingress replica accepts; beyond it new requests get 429 with ``Retry-After`` at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests: int = Field(96, ge=1, description="HTTP and handle requests in flight; keep it below the "
+                                                    "Ingress's max_ongoing_requests so health checks always have a "
+                                                    "slot")
+    max_audio_s: float = Field(7200.0, gt=0, description="audio seconds of the requests in flight")
+    long_file_s: float = Field(300.0, gt=0, description="a request with more audio than this is a long file")
+    long_files_share: float = Field(0.75, gt=0, le=1, description="long files may fill at most this share of "
+                                                                  "max_audio_s, so short requests still get in")
+    retry_after_s: int = Field(2, ge=1, description="the Retry-After a refused request gets")
+
+
 class StreamSettings(BaseModel):
     """The live WebSocket streams (``/v1/audio/stream`` and the Realtime API's ``/v1/realtime``)."""
 
@@ -77,6 +92,23 @@ class StreamSettings(BaseModel):
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
     max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "
                                                          "may hold before a commit")
+
+
+class ModelSpec(BaseModel):
+    """One checkpoint the service serves, chosen per request by its ``id`` (the request's ``model`` field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, description="the name clients use (the request's model field, /v1/models)")
+    source: str = Field(min_length=1, description="HF id or path to a .nemo file")
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1,
+                                 description="ISO-639-1 codes the model transcribes (a request's language must be "
+                                             "one of them)")
+
+    @model_validator(mode="after")
+    def _lower_case_languages(self):
+        self.languages = [language.strip().lower() for language in self.languages]
+        return self
 
 
 class BatchSettings(BaseModel):
@@ -94,8 +126,16 @@ class AppSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PARAKEET_", env_nested_delimiter="__", extra="forbid")
 
-    model: str = Field(DEFAULT_MODEL, description="HF id or path to a .nemo file (env PARAKEET_MODEL wins)")
-    model_name: str = Field("parakeet-tdt-0.6b-v2", description="the id /v1/models lists and responses echo")
+    model: str = Field(DEFAULT_MODEL, description="HF id or path to a .nemo file (env PARAKEET_MODEL wins); the "
+                                                  "one model served when ``models`` is empty")
+    model_name: str = Field("parakeet-tdt-0.6b-v2", description="that model's id (/v1/models, the model field)")
+    models: list[ModelSpec] = Field(
+        default_factory=list, description="several checkpoints, chosen per request by id; the first is the default "
+                                          "(env PARAKEET_MODELS as JSON). Empty: just ``model`` as ``model_name``")
+    max_models_per_replica: int = Field(
+        2, ge=1, description="models one Transcriber replica holds at once (least recently used evicted)")
+    confidence: bool = Field(True, description="per-token probabilities from the decoder's own pass (word "
+                                               "probability / confidence, logprobs)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the replica has a GPU")
     use_bf16: bool = Field(True, description="run encoder/decoder in bf16 on GPU")
     local_attention_above_s: float = Field(
@@ -109,8 +149,29 @@ class AppSettings(BaseSettings):
     warmup: bool = Field(True, description="run the largest batch once at start-up (CUDA graphs, allocator)")
     vad: VadSettings = Field(default_factory=VadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    api_key: Optional[SecretStr] = Field(None, description="when set (PARAKEET_API_KEY), every route but /healthz "
+                                                           "needs Authorization: Bearer <key> or X-API-Key")
+    cors_origins: list[str] = Field(default_factory=list, description="origins browsers may call from (CORS off "
+                                                                      "when empty; [\"*\"]: any)")
     stream: StreamSettings = Field(default_factory=StreamSettings)
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this gets 503")
+
+    @model_validator(mode="after")
+    def _unique_model_ids(self):
+        ids = [spec.id for spec in self.served_models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"model ids must be unique: {ids}")
+        return self
+
+    @property
+    def served_models(self) -> list[ModelSpec]:
+        """Every model served, the default first."""
+        return self.models or [ModelSpec(id=self.model_name, source=self.model)]
+
+    @property
+    def default_model(self) -> ModelSpec:
+        return self.served_models[0]
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

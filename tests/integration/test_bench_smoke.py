@@ -27,6 +27,10 @@ def test_quick_bench_produces_its_reports(tmp_path):
     # the turn latency of our stream and of the Realtime protocol, side by side
     assert {r["protocol"] for r in report["turn_latency"]} == {"stream", "realtime"}
     assert all(r["turns"] > 0 and r["p50_ms"] > 0 for r in report["turn_latency"])
+    # two models at once, and confidence on vs off
+    assert report["two_models"]["single_model_x"] > 0 and report["two_models"]["mixed_two_models_x"] > 0
+    assert report["two_models"]["second_model_load_s"] > 0
+    assert report["confidence_cost"]["on_ms"] > 0 and report["confidence_cost"]["off_ms"] > 0
     # concurrent live streams with 1 and 2 Segmenter replicas, their VAD run on the Segmenters
     assert [r["segmenter_replicas"] for r in report["live_streams"]] == [1, 2]
     assert all(r["throughput_x"] > 0 and r["segmenter_cpu_ms_per_audio_s"] > 0 for r in report["live_streams"])

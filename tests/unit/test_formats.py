@@ -32,3 +32,15 @@ def test_legacy():
     timed = formats.legacy(RESULT, True)["timestamps"]
     assert timed["words"] == [{"text": "Hi", "start": 0.0, "end": 0.5}]
     assert timed["segments"][1] == {"text": "Bye.", "start": 3723.5, "end": 3725.004}
+
+
+def test_confidence_and_logprobs_appear_only_when_known():
+    from deployments.speech.schemas import TokenLogprob
+
+    scored = RESULT.model_copy(update={"words": [Word(word="Hi", start=0.0, end=0.5, probability=0.93)],
+                                       "logprobs": [TokenLogprob(token=" Hi", logprob=-0.07, bytes=[32, 72, 105])]})
+    assert formats.render(scored, "verbose_json", {"word"})["words"][0]["probability"] == 0.93
+    assert formats.legacy(scored, True)["timestamps"]["words"][0]["confidence"] == 0.93
+    assert formats.render(scored, "json", set())["logprobs"] == [{"token": " Hi", "logprob": -0.07,
+                                                                   "bytes": [32, 72, 105]}]
+    assert "logprobs" not in formats.render(RESULT, "json", set())

@@ -11,7 +11,10 @@ from deployments.speech.errors import Overloaded
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import SseError, TranscriptTextDelta, TranscriptTextDone, sse_frame
 from deployments.speech.schemas import SegmentTokens, SpeechSegment
+from deployments.speech.catalog import ModelCatalog
 from deployments.speech.settings import AppSettings
+
+MODEL = ModelCatalog(AppSettings().served_models).choose(None, None)
 
 SECOND = 16000
 
@@ -40,7 +43,7 @@ class FakeBackends:
         yield [SpeechSegment(start=0, end=SECOND)]
         yield [SpeechSegment(start=2 * SECOND, end=3 * SECOND), SpeechSegment(start=4 * SECOND, end=5 * SECOND)]
 
-    def transcribe(self, audio_ref, start, end):
+    def transcribe(self, audio_ref, start, end, model):
         async def work():
             await asyncio.sleep(self.model_delay_s)
             if self.fail_at is not None and len(self.transcribed) == self.fail_at:
@@ -68,27 +71,27 @@ def audio(seconds: float = 6) -> LoadedAudio:
 def test_segments_in_order_and_the_aligner_only_for_timestamps():
     backends = FakeBackends()
     pipeline = TranscriptionPipeline(backends, AppSettings())
-    result = run(pipeline.transcribe(audio(), timestamps=False, vad=True))
+    result = run(pipeline.transcribe(audio(), timestamps=False, vad=True, model=MODEL))
     assert result.text == "s0 s2 s4" and backends.aligned == 0
-    run(pipeline.transcribe(audio(), timestamps=True, vad=True))
+    run(pipeline.transcribe(audio(), timestamps=True, vad=True, model=MODEL))
     assert backends.aligned == 1
 
 
 def test_without_vad_the_whole_file_is_one_call():
     backends = FakeBackends()
-    run(TranscriptionPipeline(backends, AppSettings()).transcribe(audio(6), timestamps=False, vad=False))
+    run(TranscriptionPipeline(backends, AppSettings()).transcribe(audio(6), timestamps=False, vad=False, model=MODEL))
     assert backends.transcribed == [(0, 6 * SECOND)]
 
 
 def test_a_request_over_its_time_gets_503():
     pipeline = TranscriptionPipeline(FakeBackends(model_delay_s=5), AppSettings(request_timeout_s=0.2))
     with pytest.raises(Overloaded) as info:
-        run(pipeline.transcribe(audio(), timestamps=False, vad=True))
+        run(pipeline.transcribe(audio(), timestamps=False, vad=True, model=MODEL))
     assert info.value.code == "timeout" and info.value.status == 503
 
 
 async def sse_events(pipeline):
-    return [event async for event in pipeline.text_events(audio(), vad=True)]
+    return [event async for event in pipeline.text_events(audio(), vad=True, model=MODEL)]
 
 
 def test_sse_deltas_then_done():

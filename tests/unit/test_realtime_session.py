@@ -7,28 +7,34 @@ import warnings
 import numpy as np
 import pytest
 
+from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import PayloadTooLarge
 from deployments.speech.realtime import RealtimeError, TranscriptionSession, decode_append
-from deployments.speech.settings import StreamSettings, VadSettings
+from deployments.speech.settings import ModelSpec, StreamSettings, VadSettings
+
+CATALOG = ModelCatalog([ModelSpec(id="parakeet", source="x.nemo"),
+                        ModelSpec(id="multi", source="y.nemo", languages=["en", "de"])])
 
 
 def test_updates_merge_and_map_onto_our_settings():
     session = TranscriptionSession().updated({"type": "transcription", "audio": {"input": {
         "turn_detection": {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200,
-                           "silence_duration_ms": 500}}}})
+                           "silence_duration_ms": 500}}}}, CATALOG)
     # a later update of another field keeps these
-    session = session.updated({"include": ["item.input_audio_transcription.logprobs"]})
+    session = session.updated({"include": ["item.input_audio_transcription.logprobs"]}, CATALOG)
     vad, stream = session.vad_settings(VadSettings()), session.stream_settings(StreamSettings())
     assert (vad.threshold, vad.speech_pad_ms, stream.end_of_utterance_ms) == (0.6, 200, 500)
     assert session.logprobs and session.server_vad and session.input_rate == 24000
     # fields left out keep the service's settings; null turn detection means manual commits
     assert TranscriptionSession().vad_settings(VadSettings()) == VadSettings()
-    manual = session.updated({"audio": {"input": {"turn_detection": None}}})
+    manual = session.updated({"audio": {"input": {"turn_detection": None}}}, CATALOG)
     assert not manual.server_vad
-    described = manual.describe(VadSettings(), StreamSettings(), "parakeet")
+    described = manual.describe(VadSettings(), StreamSettings(), manual.model(CATALOG))
     assert described["audio"]["input"]["turn_detection"] is None
     assert described["audio"]["input"]["transcription"]["model"] == "parakeet"
-    assert session.updated({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}).input_rate == 8000
+    assert session.updated({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}, CATALOG).input_rate == 8000
+    multi = session.updated({"audio": {"input": {"transcription": {"model": "multi", "language": "de"}}}}, CATALOG)
+    assert (multi.model(CATALOG).model.id, multi.model(CATALOG).language) == ("multi", "de")
 
 
 @pytest.mark.parametrize("update,param", [
@@ -38,14 +44,17 @@ def test_updates_merge_and_map_onto_our_settings():
     ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": -1}}}},
      "session.audio.input.turn_detection.silence_duration_ms"),
     ({"audio": {"input": {"transcription": {"language": "fr"}}}}, "session.audio.input.transcription.language"),
+    ({"audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}},
+     "session.audio.input.transcription.model"),
     ({"include": ["item.input_audio_transcription.audio"]}, "session.include.0"),
     ({"voice": "alloy"}, "session.voice"),
     ("transcription", "session"),
 ])
 def test_a_bad_update_names_its_field(update, param):
     with pytest.raises(RealtimeError) as info:
-        TranscriptionSession().updated(update)
-    assert info.value.param == param and param.split(".")[-1] in info.value.message
+        TranscriptionSession().updated(update, CATALOG)
+    assert info.value.param == param and (param.split(".")[-1] in info.value.message or "served" in
+                                          info.value.message or "transcribes" in info.value.message)
 
 
 def test_pcm_and_g711_appends_decode():
@@ -58,7 +67,7 @@ def test_pcm_and_g711_appends_decode():
         import audioop
     data = bytes(range(256))
     for kind, reference in (("audio/pcmu", audioop.ulaw2lin), ("audio/pcma", audioop.alaw2lin)):
-        g711 = session.updated({"audio": {"input": {"format": {"type": kind}}}})
+        g711 = session.updated({"audio": {"input": {"format": {"type": kind}}}}, CATALOG)
         expected = np.frombuffer(reference(data, 2), dtype="<i2") / 32768.0
         np.testing.assert_array_equal(decode_append(base64.b64encode(data).decode(), g711, 1 << 20), expected)
 

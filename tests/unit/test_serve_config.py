@@ -3,6 +3,7 @@ the only ones: build_app applies exactly them (the running app's options are che
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deployments.speech.settings import AppSettings, BatchSettings
@@ -36,12 +37,19 @@ def test_serve_config_is_valid(monkeypatch):
     assert transcriber.max_ongoing_requests >= 1024 >= batching.max_batch_size
 
 
-def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch):
+@pytest.fixture
+def model_file(tmp_path) -> str:
+    path = tmp_path / "x.nemo"
+    path.write_bytes(b"")
+    return str(path)
+
+
+def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch, model_file):
     from deployments import app as app_module
 
     monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
     shipped = app_module.shipped_deployment_options()
-    bound = bound_options(app_module.build_app({"model": "/models/x.nemo"}))
+    bound = bound_options(app_module.build_app({"model": model_file}))
     for name, options in shipped.items():
         config = bound[name]._deployment_config
         for key, value in options.items():
@@ -53,12 +61,12 @@ def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch):
             else:
                 assert getattr(config, key) == value, (name, key)
     # a caller's override changes one value and keeps the file's others
-    overridden = bound_options(app_module.build_app({"model": "/models/x.nemo"},
+    overridden = bound_options(app_module.build_app({"model": model_file},
                                                     {"Transcriber": {"user_config": {"batch_ms": 50}}}))
     assert overridden["Transcriber"]._deployment_config.user_config == {"max_batch_size": 4, "batch_ms": 50}
 
 
-def test_transcriber_resources_come_from_the_settings(monkeypatch):
+def test_transcriber_resources_come_from_the_settings(monkeypatch, model_file):
     from deployments import app as app_module
 
     monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
@@ -67,5 +75,18 @@ def test_transcriber_resources_come_from_the_settings(monkeypatch):
     assert app_module.transcriber_gpus(AppSettings()) == 1.0
     assert app_module.transcriber_gpus(AppSettings(device="cpu")) == 0.0
     assert app_module.transcriber_gpus(AppSettings(transcriber_gpus=0.5)) == 0.5
-    bound = bound_options(app_module.build_app({"model": "/models/x.nemo", "transcriber_cpus": 2}))
+    bound = bound_options(app_module.build_app({"model": model_file, "transcriber_cpus": 2}))
     assert bound["Transcriber"].ray_actor_options == {"num_gpus": 1.0, "num_cpus": 2}
+
+
+def test_a_model_that_cannot_be_had_stops_start_up_with_one_line(monkeypatch, tmp_path):
+    from deployments import app as app_module
+
+    monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
+    with pytest.raises(SystemExit) as missing_file:
+        app_module.build_app({"model": str(tmp_path / "missing.nemo")})
+    message = str(missing_file.value)
+    assert "missing.nemo: no such file" in message and "PARAKEET_MODEL=" in message and "\n" not in message
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit, match="not in the local cache and HF_HUB_OFFLINE is set"):
+        app_module.build_app({"models": [{"id": "v3", "source": "nvidia/parakeet-tdt-0.6b-v3"}]})

@@ -39,7 +39,9 @@ def test_openai_request_parsing():
                                           vad="false", temperature="0"))
     assert parsed.timestamps and parsed.granularities == {"word"} and not parsed.vad
     assert not OpenAIRequest.from_form(form()).timestamps
-    for bad in [dict(response_format="mp3"), dict(timestamp_granularities="char"), dict(language="de"),
+    assert OpenAIRequest.from_form(form(**{"include[]": "logprobs"})).logprobs
+    for bad in [dict(response_format="mp3"), dict(timestamp_granularities="char"), {"include[]": "tokens"},
+                {"include[]": "logprobs", "response_format": "verbose_json"},
                 dict(temperature="hot"), dict(stream="true", response_format="srt"), dict(stream="perhaps")]:
         with pytest.raises(InvalidRequest):
             OpenAIRequest.from_form(form(**bad))
@@ -58,3 +60,29 @@ def test_stream_config_and_end_message():
     assert EndOfStream.matches('{"type": "end"}')
     assert not any(EndOfStream.matches(text) for text in ['{"type": "stop"}', "end", None, "[]",
                                                           '{"type": "end", "x": 1}'])
+
+
+def test_models_by_id_and_their_languages(monkeypatch):
+    from deployments.speech.catalog import ModelCatalog
+    from deployments.speech.errors import NotFound
+
+    monkeypatch.delenv("PARAKEET_MODEL", raising=False)
+    monkeypatch.setenv("PARAKEET_MODELS", '[{"id": "v2", "source": "nvidia/parakeet-tdt-0.6b-v2"}, '
+                                          '{"id": "v3", "source": "/m/v3.nemo", "languages": ["en", "DE", "fr"]}]')
+    settings = AppSettings()
+    catalog = ModelCatalog(settings.served_models)
+    assert catalog.choose(None, None).model.id == "v2" and catalog.choose("", "english").language == "en"
+    assert catalog.choose("v3", "de").language == "de" and catalog.choose("v3", None).language == "auto"
+    with pytest.raises(NotFound, match="v2, v3"):
+        catalog.resolve("whisper-1")
+    with pytest.raises(InvalidRequest, match="en, de, fr"):
+        catalog.choose("v3", "ja")
+    with pytest.raises(InvalidRequest, match="transcribes: en"):
+        catalog.choose("v2", "fr")
+    assert [m["id"] for m in catalog.listing()["data"]] == ["v2", "v3"]
+    # the single-model settings keep working as a one-entry list
+    monkeypatch.delenv("PARAKEET_MODELS")
+    single = AppSettings(model="/m/x.nemo", model_name="x")
+    assert [(m.id, m.source, m.languages) for m in single.served_models] == [("x", "/m/x.nemo", ["en"])]
+    with pytest.raises(ValidationError):
+        AppSettings(models=[{"id": "a", "source": "s"}, {"id": "a", "source": "t"}])

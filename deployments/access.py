@@ -1,0 +1,77 @@
+"""Who may call the service: the optional API key (HTTP and WebSocket alike) and CORS, as one ASGI middleware.
+
+Ray Serve freezes (pickles) the FastAPI app when the Ingress class is decorated, so the middleware is added to the
+app at import time and reads this replica's settings, which the Ingress sets in ``ACCESS`` when it starts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+
+from starlette.middleware.cors import CORSMiddleware
+
+from deployments.http_api import error_response
+from deployments.speech.errors import ApiError
+
+OPEN_PATHS = ("/healthz",)  # liveness probes carry no key
+WS_POLICY_VIOLATION = 1008
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "invalid_request_error"
+
+
+@dataclass
+class AccessSettings:
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+
+
+ACCESS = AccessSettings()
+
+
+class AccessMiddleware:
+    def __init__(self, app):
+        self.app = app
+        self._cors: CORSMiddleware | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and ACCESS.cors_origins:
+            if self._cors is None:  # built on first use: the origins are this replica's settings
+                self._cors = CORSMiddleware(self._guard, allow_origins=ACCESS.cors_origins, allow_methods=["*"],
+                                            allow_headers=["*"], expose_headers=["X-Request-Id", "Retry-After"])
+            await self._cors(scope, receive, send)
+            return
+        await self._guard(scope, receive, send)
+
+    async def _guard(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or ACCESS.api_key is None or _open(scope) \
+                or _authorized(scope, ACCESS.api_key):
+            await self.app(scope, receive, send)
+            return
+        error = Unauthorized("A valid API key is required: send it as 'Authorization: Bearer <key>' or "
+                             "'X-API-Key: <key>'.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if scope["type"] == "http":
+            await error_response(error)(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(
+            {"type": "error", "message": error.message, "code": error.code,
+             "error": {"type": error.type, "code": error.code, "message": error.message}})})
+        await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
+
+
+def _open(scope) -> bool:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root):] if root and path.startswith(root) else path) in OPEN_PATHS
+
+
+def _authorized(scope, api_key: str) -> bool:
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else headers.get("x-api-key", "")
+    return bool(presented) and hmac.compare_digest(presented.encode(), api_key.encode())

@@ -1,0 +1,95 @@
+"""Admission control by work: a bound on requests in flight and on their audio seconds (Ray-free).
+
+A request over either bound is refused at once (429 with Retry-After), instead of waiting in queues until it times
+out. Long files may fill only a share of the audio budget, so short requests still get in while long files queue;
+a single file longer than the whole budget is still admitted when nothing else is in flight (``limits`` bound how
+long a file may be). Live streams have their own bound (``stream.max_streams``), so files never starve them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from .errors import ApiError
+from .settings import AdmissionSettings
+
+
+class TooBusy(ApiError):
+    status = 429
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, code="server_busy", headers={"Retry-After": str(retry_after_s)})
+
+
+class Ticket:
+    """One admitted request; its audio counts against the budget from ``admit_audio`` until it ends."""
+
+    def __init__(self, admission: "Admission"):
+        self.admission = admission
+        self.audio_s = 0.0
+        self.long = False
+        self.kept = False  # a streamed response keeps its ticket past the handler and releases it at the end
+        self.released = False
+
+    def admit_audio(self, seconds: float) -> None:
+        self.admission._take_audio(self, seconds)
+
+    def keep(self) -> "Ticket":
+        self.kept = True
+        return self
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._give_back(self)
+
+
+class Admission:
+    def __init__(self, settings: AdmissionSettings):
+        self.settings = settings
+        self.requests = 0
+        self.audio_s = 0.0
+        self.long_audio_s = 0.0
+        self.shed = 0
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[Ticket]:
+        if self.requests >= self.settings.max_requests:
+            self._refuse(f"The service is at capacity ({self.settings.max_requests} requests in flight on this "
+                         "replica); retry shortly.")
+        self.requests += 1
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        except BaseException:
+            ticket.release()
+            raise
+        if not ticket.kept:
+            ticket.release()
+
+    def _give_back(self, ticket: Ticket) -> None:
+        self.requests -= 1
+        self.audio_s -= ticket.audio_s
+        if ticket.long:
+            self.long_audio_s -= ticket.audio_s
+
+    def _take_audio(self, ticket: Ticket, seconds: float) -> None:
+        limit = self.settings.max_audio_s
+        long = seconds > self.settings.long_file_s
+        busy = self.audio_s > 0
+        if busy and self.audio_s + seconds > limit:
+            self._refuse(f"The service has {self.audio_s:.0f} s of audio in flight (limit {limit:g} s on this "
+                         "replica); retry shortly.")
+        if busy and long and self.long_audio_s + seconds > limit * self.settings.long_files_share:
+            self._refuse(f"Long files already fill {self.settings.long_files_share:.0%} of this replica's audio "
+                         "budget (short requests keep the rest); retry shortly.")
+        ticket.audio_s, ticket.long = seconds, long
+        self.audio_s += seconds
+        if long:
+            self.long_audio_s += seconds
+
+    def _refuse(self, message: str) -> None:
+        self.shed += 1
+        raise TooBusy(message, self.settings.retry_after_s)

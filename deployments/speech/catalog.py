@@ -1,0 +1,55 @@
+"""The models the service serves, by id: which one a request gets, and which languages it may ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidRequest, NotFound
+from .settings import ModelSpec
+
+# names clients send instead of ISO-639-1 codes (OpenAI accepts codes; older clients of ours sent "english")
+LANGUAGE_NAMES = {"english": "en", "german": "de", "french": "fr", "spanish": "es", "italian": "it",
+                  "portuguese": "pt", "dutch": "nl", "polish": "pl", "russian": "ru", "ukrainian": "uk"}
+MULTILINGUAL = "auto"  # reported for a several-language model when the request named none
+
+
+@dataclass(frozen=True)
+class Choice:
+    model: ModelSpec
+    language: str  # what verbose_json reports
+
+
+class ModelCatalog:
+    def __init__(self, models: list[ModelSpec]):
+        self.models = {spec.id: spec for spec in models}
+        self.default = models[0]
+
+    def resolve(self, model: str | None) -> ModelSpec:
+        """The request's ``model`` (empty: the default) -> its spec; an unknown id is a 404 naming the served ones."""
+        if not model:
+            return self.default
+        spec = self.models.get(model.strip())
+        if spec is None:
+            raise NotFound(f"The model {model!r} is not served here; served models: {', '.join(self.models)}.",
+                           code="model_not_found")
+        return spec
+
+    def choose(self, model: str | None, language: str | None) -> Choice:
+        """The model, and the language to report: the one asked for (which the model must transcribe), else the
+        model's only language, else ``auto`` (a multilingual Parakeet transcribes the language it hears and does
+        not say which)."""
+        spec = self.resolve(model)
+        asked = (language or "").strip().lower()
+        if not asked:
+            return Choice(spec, spec.languages[0] if len(spec.languages) == 1 else MULTILINGUAL)
+        code = LANGUAGE_NAMES.get(asked, asked)
+        if code not in spec.languages:
+            raise InvalidRequest(f"language {language!r} is not supported by {spec.id}; it transcribes: "
+                                 f"{', '.join(spec.languages)}.", code="unsupported_language")
+        return Choice(spec, code)
+
+    def listing(self) -> dict:
+        """``GET /v1/models`` (OpenAI's list format)."""
+        return {"object": "list", "data": [{"id": spec.id, "object": "model", "created": 0, "owned_by": "nvidia",
+                                            "root": spec.source, "languages": spec.languages}
+                                           for spec in self.models.values()]}

@@ -1,0 +1,90 @@
+"""Admission control by work, and the API key / CORS middleware (a small FastAPI app: glue code)."""
+
+import pytest
+from fastapi import FastAPI, WebSocket
+from fastapi.testclient import TestClient
+
+from deployments.access import ACCESS, AccessMiddleware
+from deployments.speech.admission import Admission, TooBusy
+from deployments.speech.settings import AdmissionSettings
+
+
+def test_requests_and_audio_seconds_are_bounded_and_given_back():
+    admission = Admission(AdmissionSettings(max_requests=2, max_audio_s=100, long_file_s=30, long_files_share=0.5))
+    with admission.request() as first:
+        first.admit_audio(40)  # a long file: 40 of the 50 s long files may take
+        with admission.request() as second:
+            with pytest.raises(TooBusy) as info:
+                second.admit_audio(31)  # another long one: over the long files' share
+            assert info.value.status == 429 and info.value.headers["Retry-After"]
+            second.admit_audio(20)  # a short one still gets in
+            with pytest.raises(TooBusy, match="2 requests in flight"):
+                with admission.request():
+                    pass
+        assert admission.requests == 1 and admission.audio_s == 40
+    assert admission.requests == 0 and admission.audio_s == 0 and admission.long_audio_s == 0
+    assert admission.shed == 2
+    # one file bigger than the whole budget still runs when nothing else is in flight
+    with admission.request() as alone:
+        alone.admit_audio(500)
+
+
+def test_a_kept_ticket_is_released_once_by_its_owner():
+    admission = Admission(AdmissionSettings(max_requests=1))
+    with admission.request() as ticket:
+        ticket.keep().admit_audio(5)
+    assert admission.requests == 1 and admission.audio_s == 5  # still streaming
+    ticket.release()
+    ticket.release()
+    assert admission.requests == 0 and admission.audio_s == 0
+
+
+@pytest.fixture
+def client():
+    app = FastAPI()
+    app.add_middleware(AccessMiddleware)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def models():
+        return {"data": []}
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        await websocket.send_json({"type": "hello"})
+        await websocket.close()
+
+    yield TestClient(app)
+    ACCESS.api_key, ACCESS.cors_origins = None, []
+
+
+def test_without_a_key_configured_everything_is_open(client):
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_the_api_key_guards_every_route_but_healthz(client):
+    ACCESS.api_key = "s3cret"
+    refused = client.get("/v1/models")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    with client.websocket_connect("/ws") as ws:  # refused with a reason, then closed
+        assert ws.receive_json()["code"] == "invalid_api_key"
+    with client.websocket_connect("/ws", headers={"X-API-Key": "s3cret"}) as ws:
+        assert ws.receive_json() == {"type": "hello"}
+
+
+def test_cors_is_off_unless_configured(client):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/v1/models", headers=preflight).headers
+    ACCESS.cors_origins, ACCESS.api_key = ["https://app.example"], "s3cret"
+    fresh = TestClient(client.app)  # the CORS layer is built on first use with this replica's origins
+    answer = fresh.options("/v1/models", headers=preflight)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
