@@ -1,7 +1,7 @@
 """Who may call the service: the optional API key (HTTP and WebSocket alike) and CORS, as one ASGI middleware.
 
 Ray Serve freezes (pickles) the FastAPI app when the Ingress class is decorated, so the middleware is added to the
-app at import time and reads this replica's settings, which the Ingress sets in ``ACCESS`` when it starts.
+app at import time and reads this replica's settings, which the Ingress sets (``configure_access``) when it starts.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ class AccessSettings:
 
 
 ACCESS = AccessSettings()
+
+
+def configure_access(api_key: str | None, cors_origins: list[str]) -> None:
+    """Set this replica's access rules. (A function of this module, so it changes the ``ACCESS`` the middleware
+    reads: Ray pickles the Ingress class by value, and a global it named directly would be a copy.)"""
+    ACCESS.api_key = api_key
+    ACCESS.cors_origins = list(cors_origins)
 
 
 class AccessMiddleware:

@@ -1,14 +1,15 @@
 """The pipeline's ``Backends`` over Ray Serve handles: the only place the Ingress's requests meet Ray.
 
 Every call's failure is turned back into the ``ApiError`` a client should see: a deployment's own client error
-(raised inside a replica) passes through; full queues become 503 + Retry-After; anything else becomes a 500
-without internals (the log keeps the details).
+(raised inside a replica) passes through; full queues become 503 + Retry-After; a replica that died under a call
+becomes 503 + Retry-After, after one retry on a healthy replica for the calls that are safe to repeat (a segment's
+transcription, a live VAD step, an alignment); anything else becomes a 500 without internals (the log keeps them).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import ray
@@ -22,6 +23,14 @@ from deployments.speech.schemas import Segment, SegmentTokens, SpeechSegment, Wo
 log = logging.getLogger("ray.serve")
 
 
+class ReplicaGone(Overloaded):
+    """The replica working on the call died (a crash, a node lost): 503, safe to retry."""
+
+    def __init__(self):
+        super().__init__("A worker of the service failed while handling this request; retry shortly.",
+                         retry_after_s=5, code="replica_failed")
+
+
 async def downstream(call: Awaitable):
     """Await a handle call, turning Ray's wrappers back into the ApiError a client should see."""
     try:
@@ -30,11 +39,40 @@ async def downstream(call: Awaitable):
         raise
     except (BackPressureError, DeploymentUnavailableError):
         raise Overloaded("The service is at capacity; retry shortly.", retry_after_s=2) from None
+    except ray.exceptions.RayActorError:  # the replica died (ActorDiedError, ActorUnavailableError)
+        log.warning("A replica died under a request")
+        raise ReplicaGone() from None
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, ApiError):
             raise exc.cause from None
         log.error("Downstream failure: %s", exc)
         raise InternalError("A model worker failed while processing this request.") from None
+
+
+async def retried(make_call: Callable[[], DeploymentResponse]):
+    """An idempotent call, sent again (to a healthy replica) once if its replica died under it."""
+    try:
+        return await downstream(make_call())
+    except ReplicaGone:
+        return await downstream(make_call())
+
+
+class SegmentCall:
+    """One segment's transcription, issued at once and collected later; re-issued once if its replica died."""
+
+    def __init__(self, issue: Callable[[], DeploymentResponse]):
+        self.issue = issue
+        self.response = issue()
+
+    def cancel(self) -> None:
+        self.response.cancel()
+
+    async def result(self) -> SegmentTokens:
+        try:
+            return await downstream(self.response)
+        except ReplicaGone:
+            self.response = self.issue()
+            return await downstream(self.response)
 
 
 class GraphBackends:
@@ -59,14 +97,14 @@ class GraphBackends:
         finally:
             stream.cancel()
 
-    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str) -> DeploymentResponse:
-        return self._transcriber(model).transcribe.remote(audio_ref, start, end)
+    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str) -> SegmentCall:
+        return SegmentCall(lambda: self._transcriber(model).transcribe.remote(audio_ref, start, end))
 
-    async def collect(self, call: DeploymentResponse) -> SegmentTokens:
-        return await downstream(call)
+    async def collect(self, call: SegmentCall) -> SegmentTokens:
+        return await call.result()
 
     async def transcribe_samples(self, samples: np.ndarray, model: str) -> SegmentTokens:
-        return await downstream(self._transcriber(model).transcribe.remote(samples))
+        return await retried(lambda: self._transcriber(model).transcribe.remote(samples))
 
     def _transcriber(self, model: str) -> DeploymentHandle:
         """The Transcriber handle for ``model``: Serve's multiplexing routes to replicas that hold it."""
@@ -77,10 +115,11 @@ class GraphBackends:
 
     async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
                     ) -> tuple[list[Word], list[Segment]]:
-        return await downstream(self.aligner.align.remote(pieces, duration))
+        return await retried(lambda: self.aligner.align.remote(pieces, duration))
 
     async def vad_step(self, state: LiveVadState, samples: np.ndarray, last: bool) -> LiveVadStep:
-        return await downstream(self.segmenter.live_step.remote(state, samples, last))
+        # the stream's state travels with the step, so another replica can take it over
+        return await retried(lambda: self.segmenter.live_step.remote(state, samples, last))
 
     async def ready(self) -> Any:
         """The Transcriber's model description once every deployment answers."""

@@ -19,6 +19,34 @@ from deployments.speech.uploads import UploadForm, read_form
 log = logging.getLogger("ray.serve")
 Options = TypeVar("Options")
 
+# The OpenAPI description of what the routes read from the raw request (they parse multipart themselves, counting
+# bytes as they arrive), and of every error they answer with: clients, docs and the schema fuzzer read it.
+_ERROR = {"content": {"application/json": {"schema": ErrorResponse.model_json_schema()}}}
+ERROR_RESPONSES = {status: {"description": description, **_ERROR} for status, description in [
+    (400, "a bad parameter, missing file, empty or too short audio"), (401, "missing or wrong API key"),
+    (404, "unknown model"), (413, "upload or audio too large"), (415, "not decodable as audio"),
+    (429, "over the admission limits (Retry-After)"), (503, "overloaded, a replica failed, or too slow (Retry-After)")]}
+_TEXT = {"type": "string"}
+_BOOLEAN = {"type": "string", "enum": ["true", "false"]}
+
+
+def form_body(fields: dict[str, dict]) -> dict:
+    schema = {"type": "object", "required": ["file"],
+              "properties": {"file": {"type": "string", "format": "binary"}, **fields}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+OPENAI_FORM = form_body({
+    "model": _TEXT, "language": _TEXT, "prompt": _TEXT, "temperature": {"type": "number"},
+    "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+    "include[]": {"type": "array", "items": {"type": "string", "enum": ["logprobs"]}},
+    "stream": _BOOLEAN, "vad": _BOOLEAN})
+LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEAN, "model": _TEXT})
+OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format asked for", "content": {
+    "application/json": {}, "text/plain": {}, "text/vtt": {}, "application/x-subrip": {},
+    "text/event-stream": {}}}, **ERROR_RESPONSES}
+
 
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(ErrorResponse(error=ErrorInfo.of(error)).model_dump(), status_code=error.status,

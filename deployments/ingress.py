@@ -16,9 +16,10 @@ from starlette.background import BackgroundTask
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.access import ACCESS, AccessMiddleware
+from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
-from deployments.http_api import install_error_handlers, openai_response, read_upload
+from deployments.http_api import (ERROR_RESPONSES, LEGACY_FORM, OPENAI_FORM, OPENAI_RESPONSES,
+                                  install_error_handlers, openai_response, read_upload)
 from deployments.metrics import IngressMetrics
 from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import formats
@@ -36,6 +37,16 @@ install_error_handlers(api)
 api.add_middleware(AccessMiddleware)  # the API key and CORS (this replica's settings, set in __init__)
 
 
+# (module helpers the Ingress uses come before it: Ray pickles the decorated class with the globals defined so far)
+async def _frames(events: AsyncIterator, ticket: Ticket) -> AsyncIterator[str]:
+    """SSE frames; the admission ticket is held until the stream ends."""
+    try:
+        async for event in events:
+            yield sse_frame(event)
+    finally:
+        ticket.release()
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -48,8 +59,7 @@ class Ingress:
         self.metrics = IngressMetrics()
         self.slots = StreamSlots(settings.stream.max_streams)
         self.admission = Admission(settings.admission)
-        ACCESS.api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        ACCESS.cors_origins = list(settings.cors_origins)
+        configure_access(settings.api_key.get_secret_value() if settings.api_key else None, settings.cors_origins)
 
     @contextlib.asynccontextmanager
     async def _request(self, route: str) -> AsyncIterator[Ticket]:
@@ -121,7 +131,8 @@ class Ingress:
 
     # ---------------------------------------------------------------- HTTP
 
-    @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription")
+    @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", openapi_extra=OPENAI_FORM,
+              responses=OPENAI_RESPONSES)
     async def openai_transcriptions(self, request: Request) -> Response:
         async with self._request("openai") as ticket:
             options, data = await read_upload(request, OpenAIRequest.from_form, self.settings.limits.max_upload_bytes)
@@ -135,7 +146,8 @@ class Ingress:
                                                     model=choice, logprobs=options.logprobs)
             return openai_response(result, options)
 
-    @api.post("/transcribe", summary="The previous server's endpoint")
+    @api.post("/transcribe", summary="The previous server's endpoint", openapi_extra=LEGACY_FORM,
+              responses=ERROR_RESPONSES)
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
         async with self._request("legacy") as ticket:
             options, data = await read_upload(request, LegacyRequest.from_form, self.settings.limits.max_upload_bytes)
@@ -149,7 +161,8 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Model loaded and every deployment answering")
+    @api.get("/readyz", summary="Model loaded and every deployment answering",
+             responses={503: {"description": "not ready (Retry-After)"}, 401: ERROR_RESPONSES[401]})
     async def readyz(self) -> JSONResponse:
         try:
             model = await asyncio.wait_for(self.backends.ready(), timeout=10)
@@ -158,14 +171,6 @@ class Ingress:
                                 headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready", "model": model})
 
-    @api.get("/v1/models", summary="The served models (OpenAI list format)")
+    @api.get("/v1/models", summary="The served models (OpenAI list format)", responses={401: ERROR_RESPONSES[401]})
     async def models(self) -> dict:
         return self.catalog.listing()
-
-
-async def _frames(events: AsyncIterator, ticket: Ticket) -> AsyncIterator[str]:
-    try:
-        async for event in events:
-            yield sse_frame(event)
-    finally:
-        ticket.release()

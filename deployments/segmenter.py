@@ -49,7 +49,8 @@ class Segmenter:
         can start transcribing while VAD reads the rest of the file. Each VAD step runs on a worker thread."""
         if not isinstance(audio, np.ndarray) or audio.ndim != 1:
             raise InvalidRequest("The Segmenter takes mono 16 kHz samples.", code="invalid_audio_array")
-        self._audio_seconds.inc(len(audio) / 16000, tags={"path": "file"})
+        if len(audio):
+            self._audio_seconds.inc(len(audio) / 16000, tags={"path": "file"})
         loop = asyncio.get_running_loop()
         steps = self.detector.iter_segments(audio)
         try:
@@ -67,7 +68,8 @@ class Segmenter:
         The state comes with every call, so any replica can take any stream's next step."""
         if not isinstance(samples, np.ndarray) or samples.ndim != 1:
             raise InvalidRequest("A live VAD step takes mono 16 kHz samples.", code="invalid_audio_array")
-        self._audio_seconds.inc(len(samples) / 16000, tags={"path": "live"})
+        if len(samples):  # the end of a stream is a step without samples (Ray counters take only values > 0)
+            self._audio_seconds.inc(len(samples) / 16000, tags={"path": "live"})
         return await self._live_step_batch(state, samples, last)
 
     # Steps of concurrent streams that arrive while a batch runs form the next batch (no waiting for more).

@@ -68,7 +68,7 @@ class TranscriptionPipeline:
         """Encoded bytes (any format FFmpeg reads) or samples at ``sample_rate`` -> validated 16 kHz mono.
         Decoding runs on a worker thread: never on the event loop."""
         if isinstance(audio, (bytes, bytearray, memoryview)):
-            samples = await asyncio.to_thread(audio_io.decode, bytes(audio))
+            samples = await asyncio.to_thread(audio_io.decode, bytes(audio), self.settings.limits.max_audio_s)
         else:
             samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate)
         return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))

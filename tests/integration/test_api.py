@@ -142,7 +142,7 @@ def test_legacy_transcribe(app, speech):
     assert set(plain) == {"text", "timestamps"} and plain["timestamps"] is None and plain["text"]
     timed = post(app, "/transcribe", encode(speech), include_timestamps="true", should_chunk="false").json()
     assert timed["timestamps"]["words"] and timed["timestamps"]["segments"]
-    assert set(timed["timestamps"]["words"][0]) == {"text", "start", "end"}
+    assert set(timed["timestamps"]["words"][0]) == {"text", "start", "end", "confidence"}
     check_words([{"word": w["text"], **w} for w in timed["timestamps"]["words"]], len(speech) / SAMPLE_RATE)
 
 
@@ -264,7 +264,7 @@ def test_a_bad_item_does_not_fail_its_batch_mates(app, speech):
     ("bad_granularity", 400, "timestamp_granularities"),
     ("bad_bool", 400, "vad must be true or false"),
     ("no_file", 400, "'file'"),
-    ("language", 400, "English"),
+    ("language", 400, "transcribes: en"),
     ("too_large", 413, "limit"),
 ])
 def test_bad_input_gets_a_clear_error(app, speech, case, status, needle):

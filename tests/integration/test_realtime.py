@@ -115,6 +115,19 @@ def test_server_vad_gives_one_completed_per_utterance_like_the_offline_path(app)
         assert item.transcript.startswith("".join(deltas))
 
 
+def test_a_session_paced_in_real_time_completes_its_last_turn_on_commit(app):
+    from deployments.speech.audio import float_to_pcm16
+    from deployments.stream_client import realtime_pcm
+
+    recording = phrase_recording(["two", "zero", "five"], voice=2, tail_s=0.2)
+    at_24k = soxr.resample(recording.audio, SAMPLE_RATE, 24000).astype(np.float32)
+    outcome = asyncio.run(realtime_pcm(app.url.replace("http", "ws") + "/v1/realtime", float_to_pcm16(at_24k),
+                                       24000, realtime=True))
+    completed = [e for e in outcome.events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert not [e for e in outcome.events if e["type"] == "error"]
+    assert [normalise(e["transcript"]) for e in completed] == [recording.text]
+
+
 def test_manual_commits_and_logprobs(app):
     first = phrase_recording(["three", "one", "four"], voice=1)
     events = asyncio.run(realtime_session(app, first.audio, {

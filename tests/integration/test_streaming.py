@@ -65,6 +65,15 @@ def test_streamed_finals_match_the_offline_transcript(app):
     assert np.mean(np.array(differences) <= FRAME_S) >= 0.9
 
 
+def test_a_stream_paced_in_real_time_ends_with_its_last_utterance(app):
+    """Paced, the end message comes after every frame was read, so the last VAD step carries no audio."""
+    recording = phrase_recording(["six", "one", "eight"], voice=3, tail_s=0.2)
+    outcome = asyncio.run(stream_pcm(ws_url(app), float_to_pcm16(recording.audio), {"partials": True},
+                                     frame_bytes=3200, realtime=True))
+    assert outcome.events[-1] == {"type": "done"} and outcome.close_code == 1000
+    assert normalise(" ".join(e["text"] for e in finals(outcome.events))) == recording.text
+
+
 def test_the_ws_alias_and_other_sample_rates(app):
     import soxr
 

@@ -93,9 +93,28 @@ def test_16k_mono_wav_fast_path_gives_ffmpegs_samples(subtype, monkeypatch):
     speechlike = (0.4 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
     wav = encode(speechlike, "WAV", 16000, subtype)
     fast = audio.decode(wav)
-    monkeypatch.setattr(audio, "_decode_wav_16k_mono", lambda data: None)  # force the FFmpeg path
+    monkeypatch.setattr(audio, "_decode_wav_16k_mono", lambda data, max_seconds=None: None)  # force the FFmpeg path
     through_ffmpeg = audio.decode(wav)
     monkeypatch.undo()
     assert audio._decode_wav_16k_mono(wav) is not None  # so `fast` came from libsndfile
     assert fast.dtype == np.float32 and len(fast) == len(through_ffmpeg) == 16000
     np.testing.assert_allclose(fast, through_ffmpeg, atol=1e-6)
+
+
+def test_nan_and_inf_samples_are_refused():
+    samples = np.zeros(16000, np.float32)
+    samples[100] = np.nan
+    for fmt, subtype in (("WAV", "FLOAT"), ("WAV", "DOUBLE")):
+        decoded = audio.decode(encode(samples, fmt, subtype=subtype))
+        with pytest.raises(InvalidRequest, match="NaN or infinite"):
+            audio.validate(decoded, LimitSettings())
+
+
+def test_decoding_stops_once_the_audio_is_too_long():
+    # ten minutes of silence compress to a few kilobytes, but would decode to 38 MB of samples
+    silence = np.zeros(16000 * 600, np.float32)
+    for fmt, rate in (("FLAC", 16000), ("FLAC", 8000), ("WAV", 16000)):  # libsndfile, and FFmpeg (8 kHz)
+        data = encode(silence[: 600 * rate], fmt, sample_rate=rate)
+        with pytest.raises(PayloadTooLarge, match="maximum is 60 s"):
+            audio.decode(data, max_seconds=60)
+    assert len(audio.decode(encode(silence[:16000 * 30], "FLAC"), max_seconds=60)) == 16000 * 30

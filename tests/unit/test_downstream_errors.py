@@ -28,3 +28,29 @@ def test_client_errors_pass_through_and_worker_failures_hide_internals():
     with pytest.raises(InternalError) as info:
         asyncio.run(downstream(raising(task_error)))
     assert "CUDA" not in info.value.message and info.value.status == 500
+
+
+def test_a_segment_whose_replica_died_is_sent_once_more_then_gets_503():
+    import ray
+
+    from deployments.backends import ReplicaGone, SegmentCall, retried
+
+    outcomes = []
+
+    def issue_from(results):
+        def issue():
+            outcome = results.pop(0)
+            outcomes.append(outcome)
+            return raising(outcome) if isinstance(outcome, Exception) else succeeding(outcome)
+        return issue
+
+    async def succeeding(value):
+        return value
+
+    died = ray.exceptions.RayActorError()
+    assert asyncio.run(SegmentCall(issue_from([died, "tokens"])).result()) == "tokens"
+    assert asyncio.run(retried(issue_from([died, "words"]))) == "words"
+    with pytest.raises(ReplicaGone) as info:
+        asyncio.run(SegmentCall(issue_from([died, died])).result())
+    assert info.value.status == 503 and info.value.headers["Retry-After"] == "5"
+    assert len(outcomes) == 6  # each failed call was sent exactly twice

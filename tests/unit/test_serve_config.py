@@ -90,3 +90,16 @@ def test_a_model_that_cannot_be_had_stops_start_up_with_one_line(monkeypatch, tm
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(SystemExit, match="not in the local cache and HF_HUB_OFFLINE is set"):
         app_module.build_app({"models": [{"id": "v3", "source": "nvidia/parakeet-tdt-0.6b-v3"}]})
+
+
+def test_autoscaling_can_never_take_what_a_dead_transcribers_replacement_needs(monkeypatch):
+    """The sizing rule: every CPU deployment at its max_replicas plus one Transcriber fits a 2-core machine."""
+    monkeypatch.delenv("PARAKEET_MODEL", raising=False)
+    from deployments.app import shipped_deployment_options
+
+    raw = yaml.safe_load(CONFIG.read_text())["applications"][0]
+    settings = AppSettings(**raw["args"])
+    cpu_stages = {name: options for name, options in shipped_deployment_options().items() if name != "Transcriber"}
+    at_most = sum(options["autoscaling_config"]["max_replicas"] * options["ray_actor_options"]["num_cpus"]
+                  for options in cpu_stages.values())
+    assert at_most + settings.transcriber_cpus <= 2.0, at_most

@@ -1,0 +1,100 @@
+"""A replica killed under sustained load (the shipped deployment options): every request is answered (200 with its
+own transcript, or a clear 503), and requests succeed again within 30 s."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import run_app, stop_app
+from tests.helpers import encode, phrase_recording, random_phrases
+
+pytestmark = pytest.mark.integration
+CLIENTS = 4
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, digits_model):
+    served = run_app(ray_cluster, name="recovery", route_prefix="/recovery", model=str(digits_model))
+    yield served
+    stop_app("recovery")
+
+
+@pytest.fixture(scope="module")
+def files(app) -> list[tuple[bytes, str]]:
+    """Short files and the transcript each gets alone."""
+    rng = random.Random(30)
+    wavs = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 12))]
+    return [(wav, post(app, wav).json()["text"]) for wav in wavs]
+
+
+def post(app, wav: bytes) -> httpx.Response:
+    return httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, timeout=120)
+
+
+def kill_one_replica(app_name: str, deployment: str) -> None:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if f"{app_name}#{deployment}#" in a["name"]]
+    assert names, f"no {deployment} replica found"
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+def under_load_kill(app, files, deployment: str, kill_after_s: float = 2.0, run_s: float = 30.0) -> dict:
+    """Clients send files back to back for ``run_s``; one replica of ``deployment`` is killed ``kill_after_s`` in.
+    Each request is recorded with when it was sent and answered, in seconds from the kill."""
+    results: list[dict] = []
+    started = time.monotonic()
+    kill_at = started + kill_after_s
+
+    async def client(index: int) -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            turn = index
+            while time.monotonic() < started + run_s:
+                wav, expected = files[turn % len(files)]
+                turn += CLIENTS
+                sent = time.monotonic() - kill_at
+                try:
+                    response = await http.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)})
+                    status, body = response.status_code, response.json()
+                except httpx.HTTPError as exc:  # no answer at all counts as a failure too
+                    status, body = 0, {"error": {"message": type(exc).__name__}}
+                results.append({"sent": sent, "done": time.monotonic() - kill_at, "status": status, "body": body,
+                                "right": status == 200 and body.get("text") == expected})
+
+    async def killer() -> None:
+        await asyncio.sleep(kill_after_s)
+        await asyncio.to_thread(kill_one_replica, app.name, deployment)
+
+    async def run() -> None:
+        await asyncio.gather(killer(), *[client(i) for i in range(CLIENTS)])
+
+    asyncio.run(run())
+    after = [r for r in results if r["sent"] >= 0]
+    first_success = min((r["done"] for r in after if r["status"] == 200), default=float("inf"))
+    around = [r for r in results if r["done"] >= 0]  # answered after the kill (sent before or after it)
+    return {"requests": len(results), "failed": [r for r in results if r["status"] != 200],
+            "wrong": [r for r in results if r["status"] == 200 and not r["right"]],
+            "recovered_s": first_success, "slowest_s": max((r["done"] - max(r["sent"], 0) for r in around),
+                                                          default=0.0),
+            "late": [r for r in after if r["sent"] > first_success and r["status"] != 200]}
+
+
+@pytest.mark.parametrize("deployment", ["Transcriber", "Segmenter"])
+def test_a_killed_replica_is_survived(app, files, deployment):
+    outcome = under_load_kill(app, files, deployment)
+    print(f"{deployment} killed: {outcome['requests']} requests, {len(outcome['failed'])} failed "
+          f"({sorted({r['status'] for r in outcome['failed']})}); first success of a request sent after the kill "
+          f"{outcome['recovered_s']:.1f} s after it; slowest answer around the kill {outcome['slowest_s']:.1f} s")
+    assert not outcome["wrong"], "a request got another request's (or a wrong) transcript"
+    for failure in outcome["failed"]:  # a clear 503 with a message, no internals
+        assert failure["status"] == 503 and failure["body"]["error"]["message"], failure
+        assert "Traceback" not in str(failure["body"])
+    assert outcome["recovered_s"] < 30 and not outcome["late"], "requests succeed again within 30 s, and stay so"
+    for wav, expected in files[:CLIENTS]:  # and it serves as before
+        assert post(app, wav).json()["text"] == expected
