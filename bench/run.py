@@ -45,13 +45,15 @@ OLD_MINUTES = [1, 3, 15]
 
 # ---------------------------------------------------------------------------------------------- models
 
-def build_random_nemo_cached(name: str, work: Path, seed: int) -> Path:
-    """A random-weight model of the same architecture as ``name`` (tiny / full-random), other seed."""
-    from bench.models import build_random_nemo
+def second_copy(path: str, work: Path) -> str:
+    """The same checkpoint under another file name: a second model with exactly the first one's compute (two
+    random-weight models of one size can decode at very different cost, which is not what is measured here)."""
+    import shutil
 
-    architecture = "full" if name == "full-random" else "tiny"
-    path = work / f"{architecture}-seed{seed}.nemo"
-    return path if path.is_file() else build_random_nemo(architecture, path, seed=seed)
+    copy = work / f"second-{Path(path).name}"
+    if not copy.is_file():
+        shutil.copyfile(path, copy)
+    return str(copy)
 
 
 def model_path(name: str, work: Path) -> str:
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="concurrent sessions for the turn-latency rows (our stream vs the Realtime protocol)")
     parser.add_argument("--turn-seconds", type=float, default=20, help="audio per session in those rows")
     parser.add_argument("--two-models", type=int, default=8,
-                        help="concurrent files for the two-models rows (a second model of the same size; 0: skip)")
+                        help="concurrent files for the two-models rows (a second copy of the model; 0: skip)")
     parser.add_argument("--name", default=None, help="results file stem (default: <model>-<device>)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
@@ -582,8 +584,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.live_streams:
                 report["live_streams"] = live_streams(served, args.live_streams, args.live_seconds)
             if args.two_models:
-                second = str(build_random_nemo_cached(args.model, work, seed=1))
-                report["two_models"] = two_models(served, second, clips[0][1], args.two_models)
+                report["two_models"] = two_models(served, second_copy(path, work), clips[0][1], args.two_models)
         finally:
             progress.close()
             served.shutdown()
