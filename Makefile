@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 serve: install
+	$(PY) -m deployments.preflight serve_config.yaml
 	$(VENV)/bin/serve run serve_config.yaml
 
 test: install

@@ -116,7 +116,7 @@ class Ingress:
 
     @api.websocket("/v1/audio/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        connection = StreamConnection(websocket, self.pipeline, self.catalog, self.settings.stream, self.slots)
+        connection = StreamConnection(websocket, self.pipeline, self.catalog, self.settings, self.slots)
         self.metrics.stream_ended(await connection.serve())
 
     @api.websocket("/ws")

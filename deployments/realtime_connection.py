@@ -31,20 +31,16 @@ from deployments.speech.protocol import FinalEvent, LiveEvent, SpeechStarted, Sp
 from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, completed_event,
                                          decode_append, error_event)
 from deployments.speech.settings import AppSettings
-from deployments.stream_connection import BAD_CONFIG, NORMAL, TRY_LATER, StreamSlots
+from deployments.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
 
 log = logging.getLogger("ray.serve")
 _END = object()
 
 
-class RealtimeConnection:
+class RealtimeConnection(LiveSocket):
     def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, catalog: ModelCatalog,
                  settings: AppSettings, slots: StreamSlots):
-        self.websocket = websocket
-        self.pipeline = pipeline
-        self.catalog = catalog
-        self.settings = settings
-        self.slots = slots
+        super().__init__(websocket, pipeline, catalog, settings, slots)
         self.session = TranscriptionSession()
         self.ids = EventIds(uuid.uuid4().hex[:12])
         self.session_id = f"sess_{self.ids.prefix}"

@@ -65,17 +65,28 @@ async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_byt
 
         sender = asyncio.create_task(send())
         try:
-            async for message in ws:
-                event = json.loads(message)
-                outcome.events.append(event)
-                if on_event:
-                    on_event(event)
-        except websockets.ConnectionClosed:
-            pass
+            await _receive(ws, outcome, on_event)
         finally:
             sender.cancel()
         outcome.close_code = ws.close_code
     return outcome
+
+
+async def _receive(ws, outcome: StreamOutcome, on_event: Callable[[dict], None] | None,
+                   done: Callable[[dict], bool] = lambda event: False) -> None:
+    """Every event into ``outcome`` until the server closes the connection or ``done(event)``."""
+    import websockets
+
+    try:
+        async for message in ws:
+            event = json.loads(message)
+            outcome.events.append(event)
+            if on_event:
+                on_event(event)
+            if done(event):
+                return
+    except websockets.ConnectionClosed:
+        pass
 
 
 async def realtime_pcm(url: str, pcm: bytes, rate: int = 24000, chunk_ms: int = 100, realtime: bool = True,
@@ -100,22 +111,20 @@ async def realtime_pcm(url: str, pcm: bytes, rate: int = 24000, chunk_ms: int = 
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             await ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
 
+        updates, open_items = [0], set()
+
+        def done(event: dict) -> bool:
+            kind = event["type"]
+            updates[0] += kind == "session.updated"
+            if kind == "input_audio_buffer.committed":
+                open_items.add(event["item_id"])
+            elif kind.rsplit(".", 1)[-1] in ("completed", "failed"):
+                open_items.discard(event.get("item_id"))
+            return kind == "error" or (updates[0] == 2 and not open_items)
+
         sender = asyncio.create_task(send())
-        updates, open_items = 0, set()
         try:
-            async for message in ws:
-                event = json.loads(message)
-                outcome.events.append(event)
-                if on_event:
-                    on_event(event)
-                kind = event["type"]
-                updates += kind == "session.updated"
-                if kind == "input_audio_buffer.committed":
-                    open_items.add(event["item_id"])
-                elif kind.rsplit(".", 1)[-1] in ("completed", "failed"):
-                    open_items.discard(event.get("item_id"))
-                if kind == "error" or (updates == 2 and not open_items):
-                    break
+            await _receive(ws, outcome, on_event, done)
         finally:
             sender.cancel()
         outcome.close_code = ws.close_code

@@ -19,7 +19,7 @@ from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
 from deployments.speech.pipeline import TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, EndOfStream, StreamConfig, StreamError, event_dict
-from deployments.speech.settings import StreamSettings
+from deployments.speech.settings import AppSettings
 
 log = logging.getLogger("ray.serve")
 
@@ -48,15 +48,19 @@ class StreamSlots:
         self.active -= 1
 
 
-class StreamConnection:
+class LiveSocket:
+    """What every live WebSocket (this protocol, the Realtime one) works with."""
+
     def __init__(self, websocket: WebSocket, pipeline: TranscriptionPipeline, catalog: ModelCatalog,
-                 settings: StreamSettings, slots: StreamSlots):
+                 settings: AppSettings, slots: StreamSlots):
         self.websocket = websocket
         self.pipeline = pipeline
         self.catalog = catalog
         self.settings = settings
         self.slots = slots
 
+
+class StreamConnection(LiveSocket):
     async def serve(self) -> str:
         """Run the stream to its end; returns the outcome (for the streams metric)."""
         await self.websocket.accept()
@@ -119,8 +123,8 @@ class StreamConnection:
                                      code="invalid_frame")
 
     def _samples(self, frame: bytes) -> np.ndarray:
-        if len(frame) > self.settings.max_frame_bytes:
-            raise PayloadTooLarge(f"Frames are limited to {self.settings.max_frame_bytes} bytes.",
+        if len(frame) > self.settings.stream.max_frame_bytes:
+            raise PayloadTooLarge(f"Frames are limited to {self.settings.stream.max_frame_bytes} bytes.",
                                   code="frame_too_large")
         return audio_io.pcm16_to_float(frame)
 

@@ -103,3 +103,23 @@ def test_autoscaling_can_never_take_what_a_dead_transcribers_replacement_needs(m
     at_most = sum(options["autoscaling_config"]["max_replicas"] * options["ray_actor_options"]["num_cpus"]
                   for options in cpu_stages.values())
     assert at_most + settings.transcriber_cpus <= 2.0, at_most
+
+
+def test_make_serve_stops_at_once_on_a_model_that_cannot_be_had(tmp_path):
+    """The preflight `make serve` runs before `serve run` (which would wait forever on a failed application)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PARAKEET_MODEL": str(tmp_path / "missing.nemo")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "deployments.preflight", str(CONFIG)], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=CONFIG.parent)
+    assert result.returncode != 0 and time.monotonic() - started < 30
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.nemo: no such file" in lines[0] and "PARAKEET_MODEL=" in lines[0]
+    env["PARAKEET_MODEL"] = str(Path(__file__).resolve().parents[1] / "fixtures" / "digits.nemo")
+    ok = subprocess.run([sys.executable, "-m", "deployments.preflight", str(CONFIG)], env=env,
+                        capture_output=True, text=True, timeout=60, cwd=CONFIG.parent)
+    assert ok.returncode == 0 and "can be loaded" in ok.stdout
