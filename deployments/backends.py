@@ -49,10 +49,11 @@ async def downstream(call: Awaitable):
         raise InternalError("A model worker failed while processing this request.") from None
 
 
-async def retried(make_call: Callable[[], DeploymentResponse]):
-    """An idempotent call, sent again (to a healthy replica) once if its replica died under it."""
+async def retried(make_call: Callable[[], DeploymentResponse], first: DeploymentResponse | None = None):
+    """An idempotent call (``first`` if it was already sent), sent again (to a healthy replica) once if its replica
+    died under it."""
     try:
-        return await downstream(make_call())
+        return await downstream(first if first is not None else make_call())
     except ReplicaGone:
         return await downstream(make_call())
 
@@ -68,11 +69,11 @@ class SegmentCall:
         self.response.cancel()
 
     async def result(self) -> SegmentTokens:
-        try:
-            return await downstream(self.response)
-        except ReplicaGone:
-            self.response = self.issue()
-            return await downstream(self.response)
+        return await retried(self._reissue, first=self.response)
+
+    def _reissue(self) -> DeploymentResponse:
+        self.response = self.issue()  # the call to cancel from now on
+        return self.response
 
 
 class GraphBackends:
