@@ -28,7 +28,7 @@ from deployments.speech.errors import ApiError, InternalError
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import FinalEvent, LiveEvent, SpeechStarted, SpeechStopped
-from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, completed_event,
+from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, TurnDeltas, completed_event,
                                          decode_append, error_event)
 from deployments.speech.settings import AppSettings
 from deployments.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
@@ -226,7 +226,7 @@ class LiveRun:
         self.fed = 0
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=64)  # full: the receive loop waits (TCP backpressure)
         self.items: dict[int, str] = {}  # the live pipeline's utterance id -> this session's item id
-        self.sent: dict[int, str] = {}  # transcript text already sent as deltas, per utterance
+        self.deltas: dict[int, TurnDeltas] = {}  # per utterance
         session = connection.session
         settings = connection.settings
         events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
@@ -288,22 +288,17 @@ class LiveRun:
                      "audio_end_ms": self._ms(event.end)},
                     {"type": "input_audio_buffer.committed", "event_id": ids.event(), "item_id": item,
                      "previous_item_id": previous}]
-        out = self._delta(event.id, item, event.text)
+        deltas = self.deltas.setdefault(event.id, TurnDeltas())
+        out = self._delta(item, deltas.final(event.text) if isinstance(event, FinalEvent) else
+                          deltas.partial(event.text))
         if isinstance(event, FinalEvent):
-            del self.items[event.id]
-            self.sent.pop(event.id, None)
+            del self.items[event.id], self.deltas[event.id]
             out.append(completed_event(ids.event(), item, event.text, event.end - event.start, event.logprobs))
         return out
 
-    def _delta(self, turn: int, item: str, text: str) -> list[dict]:
-        """Deltas only ever add to what was sent (a partial that rewrites earlier words waits for the final's
-        transcript, which is authoritative)."""
-        sent = self.sent.get(turn, "")
-        if not text.startswith(sent) or len(text) == len(sent):
-            return []
-        self.sent[turn] = text
+    def _delta(self, item: str, text: str) -> list[dict]:
         return [{"type": "conversation.item.input_audio_transcription.delta", "event_id": self.connection.ids.event(),
-                 "item_id": item, "content_index": 0, "delta": text[len(sent):]}]
+                 "item_id": item, "content_index": 0, "delta": text}] if text else []
 
     def _ms(self, seconds: float) -> int:
         return int(round((self.offset_s + seconds) * 1000))

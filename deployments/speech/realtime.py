@@ -233,6 +233,34 @@ class EventIds:
         return f"item_{self.prefix}_{next(self._items)}"
 
 
+class TurnDeltas:
+    """The ``delta`` texts of one turn. Partials are previews: a partial's last word may be cut mid-word ("fou"
+    before "five") and a later partial may rewrite a word. A word is sent once two consecutive partials agree on it
+    without it being either one's last word (local agreement), so a turn's deltas joined are a prefix of its
+    completed transcript unless the final pass rewrites an agreed word (then nothing more is sent, and the
+    ``completed`` transcript is authoritative)."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._previous: list[str] = []
+
+    def partial(self, text: str) -> str:
+        words = text.split()[:-1]
+        agreed = list(itertools.takewhile(lambda pair: pair[0] == pair[1], zip(self._previous, words)))
+        self._previous = words
+        return self._extend(" ".join(word for word, _ in agreed))
+
+    def final(self, text: str) -> str:
+        return self._extend(text)
+
+    def _extend(self, text: str) -> str:
+        """What ``text`` adds to what was sent ('' when nothing, or when it does not extend it)."""
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
 def error_event(event_id: str, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
                 param: str | None = None, client_event_id: str | None = None) -> dict:
     return {"type": "error", "event_id": event_id,

@@ -9,7 +9,7 @@ import pytest
 
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import PayloadTooLarge
-from deployments.speech.realtime import RealtimeError, TranscriptionSession, decode_append
+from deployments.speech.realtime import RealtimeError, TranscriptionSession, TurnDeltas, decode_append
 from deployments.speech.settings import ModelSpec, StreamSettings, VadSettings
 
 CATALOG = ModelCatalog([ModelSpec(id="parakeet", source="x.nemo"),
@@ -81,3 +81,20 @@ def test_bad_appends():
         assert info.value.code == code
     with pytest.raises(PayloadTooLarge):
         decode_append(base64.b64encode(bytes(4096)).decode(), session, 1024)
+
+
+def test_turn_deltas_send_only_words_two_partials_agree_on_and_never_a_cut_last_word():
+    deltas = TurnDeltas()
+    sent = [deltas.partial("oh eight"), deltas.partial("oh eight one fou"), deltas.partial("oh eight one five"),
+            deltas.partial("oh eight one five eight"), deltas.final("oh eight one five eight zero")]
+    # "fou" (cut mid-word) is never sent; "one" only once a second partial keeps it
+    assert sent == ["", "oh", " eight one", "", " five eight zero"]
+    assert "".join(sent) == "oh eight one five eight zero"
+
+
+def test_turn_deltas_stop_when_a_word_is_rewritten_and_the_final_is_authoritative():
+    deltas = TurnDeltas()
+    assert deltas.partial("two nine one") == "" and deltas.partial("two nine one four") == "two nine"
+    assert deltas.partial("two five one four") == ""  # "nine" was rewritten: nothing that contradicts it is sent
+    assert deltas.final("two five one four") == ""
+    assert deltas.sent == "two nine"
