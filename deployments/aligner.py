@@ -7,6 +7,7 @@ import time
 from ray import serve
 from ray.serve.metrics import Counter
 
+from deployments.metrics import StageLatency
 from deployments.speech.schemas import Segment, SegmentTokens, Word
 from deployments.speech.timestamps import align
 
@@ -17,6 +18,7 @@ class Aligner:
         self.calls = 0
         self.align_seconds = 0.0
         self._calls_metric = Counter("parakeet_aligner_calls", "Requests aligned (timestamps asked for)")
+        self._stages = StageLatency()
 
     def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
               ) -> tuple[list[Word], list[Segment]]:
@@ -26,7 +28,9 @@ class Aligner:
         try:
             return align(pieces, duration)
         finally:
-            self.align_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.align_seconds += elapsed
+            self._stages.observe("align", elapsed)
 
     def stats(self) -> dict:
         return {"calls": self.calls, "align_seconds": self.align_seconds}

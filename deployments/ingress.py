@@ -8,7 +8,7 @@ What a request goes through lives in ``deployments.speech.pipeline`` (Ray-free),
 # ingress wrapper)
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, NamedTuple
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +20,7 @@ from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
 from deployments.http_api import (ERROR_RESPONSES, LEGACY_FORM, OPENAI_FORM, OPENAI_RESPONSES,
                                   install_error_handlers, openai_response, read_upload)
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import formats
 from deployments.speech.catalog import ModelCatalog
@@ -47,6 +47,13 @@ async def _frames(events: AsyncIterator, ticket: Ticket) -> AsyncIterator[str]:
         ticket.release()
 
 
+class Admitted(NamedTuple):
+    """A request being served: its route (metrics), admission ticket and timing."""
+    route: str
+    ticket: Ticket
+    timing: RequestTiming
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -57,20 +64,22 @@ class Ingress:
         self.pipeline = TranscriptionPipeline(self.backends, settings)
         self.catalog = ModelCatalog(settings.served_models)
         self.metrics = IngressMetrics()
-        self.slots = StreamSlots(settings.stream.max_streams)
+        self.slots = StreamSlots(settings.stream.max_streams, on_change=self.metrics.active_streams)
         self.admission = Admission(settings.admission)
         configure_access(settings.api_key.get_secret_value() if settings.api_key else None, settings.cors_origins)
 
     @contextlib.asynccontextmanager
-    async def _request(self, route: str) -> AsyncIterator[Ticket]:
+    async def _request(self, route: str) -> AsyncIterator[Admitted]:
         """Counted (metrics) and admitted (or refused at once with 429) before any work is done."""
-        async with self.metrics.request(route):
+        async with self.metrics.request(route) as timing:
             with self.admission.request() as ticket:
-                yield ticket
+                yield Admitted(route, ticket, timing)
 
-    async def _load(self, ticket: Ticket, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
-        loaded = await self.pipeline.load(audio, sample_rate)
-        ticket.admit_audio(loaded.duration)
+    async def _load(self, admitted: Admitted, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
+        with self.metrics.stages.timed("decode"):
+            loaded = await self.pipeline.load(audio, sample_rate)
+        admitted.ticket.admit_audio(loaded.duration)
+        self.metrics.audio_in(admitted.route, admitted.timing, loaded.duration)
         return loaded
 
     # ---------------------------------------------------------------- Python handle API
@@ -80,9 +89,9 @@ class Ingress:
                          logprobs: bool = False) -> TranscriptionResult:
         """``handle.transcribe.remote(audio, timestamps=True)``: encoded bytes, or samples with ``sample_rate``;
         ``model`` picks a served model by id (default: the first)."""
-        async with self._request("handle") as ticket:
+        async with self._request("handle") as admitted:
             choice = self.catalog.choose(model, language)
-            loaded = await self._load(ticket, audio, sample_rate)
+            loaded = await self._load(admitted, audio, sample_rate)
             return await self.pipeline.transcribe(loaded, timestamps=timestamps, vad=vad, model=choice,
                                                   logprobs=logprobs)
 
@@ -134,13 +143,15 @@ class Ingress:
     @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", openapi_extra=OPENAI_FORM,
               responses=OPENAI_RESPONSES)
     async def openai_transcriptions(self, request: Request) -> Response:
-        async with self._request("openai") as ticket:
+        async with self._request("openai") as admitted:
             options, data = await read_upload(request, OpenAIRequest.from_form, self.settings.limits.max_upload_bytes)
             choice = self.catalog.choose(options.model, options.language)
-            loaded = await self._load(ticket, data)
+            loaded = await self._load(admitted, data)
             if options.stream:  # the ticket is held until the stream ends
                 events = self.pipeline.text_events(loaded, vad=options.vad, model=choice)
-                return StreamingResponse(_frames(events, ticket.keep()), media_type="text/event-stream",
+                admitted.timing.streamed = True
+                ticket = admitted.ticket.keep()
+                return StreamingResponse(_frames(events, ticket), media_type="text/event-stream",
                                          background=BackgroundTask(ticket.release))
             result = await self.pipeline.transcribe(loaded, timestamps=options.timestamps, vad=options.vad,
                                                     model=choice, logprobs=options.logprobs)
@@ -149,10 +160,10 @@ class Ingress:
     @api.post("/transcribe", summary="The previous server's endpoint", openapi_extra=LEGACY_FORM,
               responses=ERROR_RESPONSES)
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
-        async with self._request("legacy") as ticket:
+        async with self._request("legacy") as admitted:
             options, data = await read_upload(request, LegacyRequest.from_form, self.settings.limits.max_upload_bytes)
             choice = self.catalog.choose(options.model, None)
-            loaded = await self._load(ticket, data)
+            loaded = await self._load(admitted, data)
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
                                                     vad=options.should_chunk, model=choice)
             return JSONResponse(formats.legacy(result, options.include_timestamps))

@@ -1,4 +1,8 @@
-"""The Ingress's Prometheus series (Ray Serve metrics): requests by route and status, latency, streams."""
+"""The service's Prometheus series (Ray Serve metrics), defined here once and observed by each deployment.
+
+Ray exports them with a ``ray_`` prefix (counters end in ``_total``) on each node's metrics port: 8080 under
+``make serve`` and in the cluster manifests (``configs/``). ``configs/grafana-dashboard.json`` charts them all.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +11,97 @@ import contextlib
 import time
 from typing import AsyncIterator
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
+from deployments.speech.admission import TooBusy
 from deployments.speech.errors import ApiError
 
 LATENCY_BOUNDARIES_MS = [50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
+STAGE_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000, 60000]
+RTF_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+# The stages a request goes through, each timed where it runs: decode (Ingress), vad (Segmenter, a file's whole
+# VAD), vad_live (Segmenter, one batch of live steps), queue (Transcriber: a segment's wait before its batch
+# starts), asr (Transcriber: one model call), align (Aligner)
+STAGES = ("decode", "vad", "vad_live", "queue", "asr", "align")
+
+
+class StageLatency:
+    """``parakeet_stage_latency_ms{stage}``: one histogram that every deployment observes its own stages into."""
+
+    def __init__(self):
+        self._histogram = Histogram("parakeet_stage_latency_ms", "Time spent in one stage of the pipeline",
+                                    boundaries=STAGE_BOUNDARIES_MS, tag_keys=("stage",))
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self._histogram.observe(seconds * 1000, tags={"stage": stage})
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(stage, time.perf_counter() - started)
 
 
 class IngressMetrics:
     def __init__(self):
-        self._requests = Counter("parakeet_requests", "Transcription requests", tag_keys=("route", "status"))
+        self._requests = Counter("parakeet_requests", "Requests by route and final HTTP status",
+                                 tag_keys=("route", "status"))
         self._latency = Histogram("parakeet_request_latency_ms", "End-to-end request latency",
                                   boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",))
+        self._rtf = Histogram("parakeet_real_time_factor", "Processing time / audio duration, per request",
+                              boundaries=RTF_BOUNDARIES, tag_keys=("route",))
+        self._audio_in = Counter("parakeet_audio_seconds_in", "Audio seconds received (files and handle calls)",
+                                 tag_keys=("route",))
+        self._shed = Counter("parakeet_requests_shed", "Requests and streams refused at once (429) by admission",
+                             tag_keys=("route",))
         self._streams = Counter("parakeet_streams", "WebSocket streams by outcome", tag_keys=("outcome",))
+        self._active_streams = Gauge("parakeet_active_streams", "Live streams open on this Ingress replica")
+        self.stages = StageLatency()
 
     @contextlib.asynccontextmanager
-    async def request(self, route: str) -> AsyncIterator[None]:
+    async def request(self, route: str) -> AsyncIterator["RequestTiming"]:
         """Count the request under its final status (a client error's, 500 for anything unexpected)."""
-        started = time.perf_counter()
+        timing = RequestTiming()
         status = "500"
         try:
-            yield
+            yield timing
             status = "200"
         except ApiError as exc:
             status = str(exc.status)
+            if isinstance(exc, TooBusy):
+                self._shed.inc(tags={"route": route})
             raise
         except asyncio.CancelledError:
             status = "499"  # the client went away
             raise
         finally:
+            elapsed = time.perf_counter() - timing.started
             self._requests.inc(tags={"route": route, "status": status})
-            self._latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
+            self._latency.observe(elapsed * 1000, tags={"route": route})
+            if status == "200" and timing.audio_s > 0 and not timing.streamed:
+                self._rtf.observe(elapsed / timing.audio_s, tags={"route": route})
+
+    def audio_in(self, route: str, timing: "RequestTiming", seconds: float) -> None:
+        timing.audio_s = seconds
+        if seconds > 0:
+            self._audio_in.inc(seconds, tags={"route": route})
 
     def stream_ended(self, outcome: str) -> None:
         self._streams.inc(tags={"outcome": outcome})
+        if outcome == "refused":
+            self._shed.inc(tags={"route": "stream"})
+
+    def active_streams(self, count: int) -> None:
+        self._active_streams.set(count)
+
+
+class RequestTiming:
+    """One request's start and audio length (for its real-time factor; an SSE response's handler returns before
+    its stream ends, so it has none)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.audio_s = 0.0
+        self.streamed = False

@@ -14,6 +14,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter
 
+from deployments.metrics import StageLatency
 from deployments.speech.errors import InvalidRequest
 from deployments.speech.live_vad import LiveVad, LiveVadState, LiveVadStep
 from deployments.speech.schemas import SpeechSegment
@@ -32,6 +33,10 @@ class Segmenter:
         self._live_step_batch.set_max_batch_size(settings.live_max_batch)
         self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD",
                                       tag_keys=("path",))
+        # speech / audio is the VAD speech ratio (segments as handed to the model: padded, merged)
+        self._speech_seconds = Counter("parakeet_vad_speech_seconds", "Seconds of the speech segments VAD found",
+                                       tag_keys=("path",))
+        self._stages = StageLatency()
         self.vad_seconds = 0.0  # time spent in VAD steps (operators; the benchmark's per-stage time)
         self.live_steps = 0
         self.live_batches = 0
@@ -53,10 +58,13 @@ class Segmenter:
             self._audio_seconds.inc(len(audio) / 16000, tags={"path": "file"})
         loop = asyncio.get_running_loop()
         steps = self.detector.iter_segments(audio)
+        started = time.perf_counter()
         try:
             while (found := await loop.run_in_executor(self._executor, self._timed, next, steps, None)) is not None:
                 if found:
+                    self._count_speech(found, "file")
                     yield found
+            self._stages.observe("vad", time.perf_counter() - started)
         finally:
             # a cancelled request stops reading its file (if a step is running on its thread right now, that one
             # block finishes and the generator is dropped)
@@ -79,8 +87,16 @@ class Segmenter:
         self.live_steps += len(states)
         self.live_batches += 1
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._timed, self.live.step,
-                                          list(zip(states, samples, lasts)))
+        with self._stages.timed("vad_live"):
+            steps = await loop.run_in_executor(self._executor, self._timed, self.live.step,
+                                               list(zip(states, samples, lasts)))
+        for step in steps:
+            self._count_speech(step.segments, "live")
+        return steps
+
+    def _count_speech(self, segments: list[SpeechSegment], path: str) -> None:
+        if seconds := sum(s.end - s.start for s in segments) / 16000:
+            self._speech_seconds.inc(seconds, tags={"path": path})
 
     def _timed(self, work, *args):
         started = time.perf_counter()

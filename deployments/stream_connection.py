@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Callable
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
@@ -34,18 +35,21 @@ class ClientGone(Exception):
 class StreamSlots:
     """Concurrent streams on this replica, bounded by ``stream.max_streams``."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, on_change: Callable[[int], None] = lambda active: None):
         self.limit = limit
         self.active = 0
+        self._on_change = on_change  # the active-streams gauge
 
     def take(self) -> bool:
         if self.active >= self.limit:
             return False
         self.active += 1
+        self._on_change(self.active)
         return True
 
     def give_back(self) -> None:
         self.active -= 1
+        self._on_change(self.active)
 
 
 class LiveSocket:

@@ -20,6 +20,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
+from deployments.metrics import StageLatency
 from deployments.speech.batching import ItemFailure, run_isolated
 from deployments.speech.errors import InvalidRequest, NotFound, Overloaded
 from deployments.speech.schemas import SegmentTokens
@@ -82,6 +83,11 @@ class Transcriber:
                                       tag_keys=("model",))
         self._batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
                                         boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
+        # padding / (padding + audio) is the padding waste of the batches formed
+        self._padding_seconds = Counter("parakeet_batch_padding_seconds",
+                                        "Seconds of zeros the model ran on to pad segments to their batch's longest",
+                                        tag_keys=("model",))
+        self._stages = StageLatency()
 
         async def load(model_id: str) -> LoadedModel:
             return await self._load(model_id)
@@ -150,7 +156,7 @@ class Transcriber:
         if not 0 <= start < end <= len(audio):
             raise InvalidRequest(f"Segment [{start}, {end}) is outside the audio (0..{len(audio)}).",
                                  code="invalid_segment")
-        result = await self._transcribe_batch(audio[start:end], model_id)
+        result = await self._transcribe_batch(audio[start:end], model_id, time.perf_counter())
         if isinstance(result, ItemFailure):
             raise result.error
         return result
@@ -158,9 +164,12 @@ class Transcriber:
     # The design's batching; reconfigure() applies the user_config's values before the replica takes traffic.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
                  batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _transcribe_batch(self, segments: list[np.ndarray], model_ids: list[str]
+    async def _transcribe_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list[float]
                                 ) -> list[SegmentTokens | ItemFailure]:
         """One Serve batch; each model's segments in it are one model call (a batch never mixes models)."""
+        now = time.perf_counter()
+        for arrived in arrivals:  # one batch runs at a time: its start is when the queue wait ends
+            self._stages.observe("queue", now - arrived)
         self.batches += 1
         self.items += len(segments)
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
@@ -182,6 +191,8 @@ class Transcriber:
         sizes[len(segments)] = sizes.get(len(segments), 0) + 1
         self._batch_size_metric.observe(len(segments), tags={"model": model_id})
         self._audio_seconds.inc(sum(len(s) for s in segments) / 16000, tags={"model": model_id})
+        if padding := recognizer.padding_samples([len(s) for s in segments]):
+            self._padding_seconds.inc(padding / 16000, tags={"model": model_id})
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_batch, recognizer, segments)
 
@@ -193,6 +204,7 @@ class Transcriber:
             elapsed = time.perf_counter() - started
             self.model_seconds += elapsed
             self._batch_latency.observe(elapsed * 1000)
+            self._stages.observe("asr", elapsed)
 
     def stats(self) -> dict:
         """Batching and model counters for tests and operators (per replica)."""

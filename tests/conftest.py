@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,19 +32,41 @@ def digits_model() -> Path:
     return DIGITS_MODEL
 
 
+@dataclass
+class LocalRay:
+    """A Ray cluster on this machine: the head node (where the shared apps run) plus whatever nodes a test adds."""
+    cluster: Any  # ray.cluster_utils.Cluster
+    serve_url: str
+    metrics_url: str  # the head node's Prometheus endpoint
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def local_ray() -> LocalRay:
     import ray
     from ray import serve
+    from ray.cluster_utils import Cluster
 
-    # Logical CPUs: every replica of the graph must be schedulable on a 2-core CI machine.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+    metrics_port = free_port()
+    # Ray's own multi-node test cluster: one head now, more nodes where a test needs them (test_multinode).
+    # Logical CPUs: every replica of the graph must be schedulable on a 2-core CI machine. Metrics are reported
+    # every second (Ray's default is 10 s) so the scrape test need not wait.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 8, "include_dashboard": False, "object_store_memory": 2 * 2**30,
+        "metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}})
+    ray.init(address=cluster.address, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    # One HTTP proxy, on the head: proxies of the other nodes would all bind the same port of this one machine.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    yield LocalRay(cluster, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
     serve.shutdown()
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(local_ray) -> str:
+    return local_ray.serve_url
 
 
 @dataclass

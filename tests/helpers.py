@@ -23,3 +23,32 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 def normalise(text: str) -> str:
     return " ".join("".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split())
+
+
+class Scrape:
+    """One read of a Prometheus endpoint: each sample's value summed over the labels a query leaves out (replicas,
+    workers, nodes)."""
+
+    def __init__(self, metrics_url: str):
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(metrics_url, timeout=10).text
+        self.samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(s.value for s in self.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def wait_for_metrics(metrics_url: str, moved, timeout_s: float = 60) -> Scrape:
+    """Scrape until ``moved(scrape)`` holds (Ray reports each process's series every second in the tests); the last
+    scrape either way, for the test to assert on."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        scrape = Scrape(metrics_url)
+        if moved(scrape) or time.monotonic() > deadline:
+            return scrape
+        time.sleep(0.5)

@@ -157,6 +157,12 @@ class ParakeetRecognizer:
             groups.append([index])
         return groups
 
+    def padding_samples(self, lengths: Sequence[int]) -> int:
+        """Zeros the model will run on for these items (each sub-batch is padded to its longest item): the batch's
+        padding waste."""
+        return sum(max(lengths[i] for i in group) * len(group) - sum(lengths[i] for i in group)
+                   for group in self.plan_batches(lengths))
+
     def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[SegmentTokens]:
         """Recognise each float32 16 kHz waveform; the result list is in input order."""
         results: list[SegmentTokens | None] = [None] * len(waveforms)

@@ -14,7 +14,8 @@ import pytest
 import websockets
 
 from tests.conftest import run_app, stop_app
-from tests.helpers import SAMPLE_RATE, encode, long_recording, phrase_recording, random_phrases
+from tests.helpers import (SAMPLE_RATE, Scrape, encode, long_recording, phrase_recording, random_phrases,
+                           wait_for_metrics)
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-7f3a"
@@ -70,7 +71,11 @@ def test_the_official_sdk_passes_the_key(app, speech):
     assert client.audio.transcriptions.create(model="parakeet-tdt-0.6b-v2", file=("a.wav", speech)).text
 
 
-def test_a_burst_past_capacity_is_shed_at_once_while_health_stays_fast(app):
+def test_a_burst_past_capacity_is_shed_at_once_while_health_stays_fast(app, local_ray):
+    def shed_total(scrape: Scrape) -> float:
+        return scrape.value("ray_parakeet_requests_shed_total", application="guarded", route="openai")
+
+    shed_before = shed_total(Scrape(local_ray.metrics_url))
     rng = random.Random(1)
     files = [encode(phrase_recording(p, voice=i % 3, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 30))]
     health_ms: list[float] = []
@@ -103,6 +108,9 @@ def test_a_burst_past_capacity_is_shed_at_once_while_health_stays_fast(app):
     p99 = float(np.percentile(health_ms, 99))
     print(f"burst: {statuses.count(200)} served, {len(shed)} shed; /healthz p99 {p99:.0f} ms")
     assert p99 < 1000
+    # operators see the shedding: one count per refused request
+    scrape = wait_for_metrics(local_ray.metrics_url, lambda s: shed_total(s) - shed_before >= len(shed))
+    assert shed_total(scrape) - shed_before == len(shed)
 
 
 def test_a_client_that_leaves_has_its_remaining_segments_dropped(app):

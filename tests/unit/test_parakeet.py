@@ -44,6 +44,12 @@ def test_plan_batches_caps_the_audio_in_one_batch(recognizer, monkeypatch):
     assert recognizer.plan_batches([16000 * 4] * 3) == [[0, 1], [2]]
 
 
+def test_padding_samples_count_the_zeros_of_each_planned_sub_batch(recognizer):
+    # 15000 and 16000 and 17000 share one sub-batch (padded to 17000); the 10-minute file runs alone
+    assert recognizer.padding_samples([16000, 16000 * 600, 15000, 17000]) == (17000 - 16000) + (17000 - 15000)
+    assert recognizer.padding_samples([16000, 16000]) == 0
+
+
 def test_load_failure_is_one_clear_line(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         ParakeetRecognizer.load(str(tmp_path / "missing.nemo"))
