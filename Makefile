@@ -1,6 +1,12 @@
 # make serve  - install what is needed and run the service on :8000 (GPU if the machine has one, else CPU)
 # make test   - install and run the whole test suite (local Ray, CPU, the project's own test models)
-PYTHON ?= python3.11
+SHELL := /bin/bash
+# The interpreter for .venv: 3.11 (what CI runs), else 3.12 (Ubuntu 24.04's) or 3.10; torch 2.13, NeMo 3.0 and Ray 2.60
+# publish wheels for all three. Another one: make serve PYTHON=/path/to/python3.x
+PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.10,$(shell command -v $(p) 2>/dev/null)))
+# Prometheus text at http://<node>:METRICS_PORT/metrics (Ray's metrics export port; the cluster manifests use 8080)
+METRICS_PORT ?= 8080
+RAY_PORT ?= 6379
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
@@ -12,7 +18,10 @@ export PYTHONUNBUFFERED := 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo "No python3.11, python3.12 or python3.10 found. Install one" \
+	  "(Debian/Ubuntu: apt-get install python3.12 python3.12-venv) or pass PYTHON=/path/to/python3.x"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "Cannot create $(VENV): on Debian/Ubuntu install" \
+	  "the venv module (apt-get install python3-venv, or python3.X-venv for your version)"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip wheel
 	# torch first, pinned: the CPU wheel on this machine's disk (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
@@ -20,9 +29,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# A one-node Ray with its metrics on METRICS_PORT, the app on it, and Ray stopped again when serve run ends (Ctrl-C)
+# Ray's token authentication on (its default for local clusters); said explicitly so serve run's client uses it too.
+serve: export RAY_AUTH_MODE ?= token
 serve: install
 	$(PY) -m deployments.preflight serve_config.yaml
-	$(VENV)/bin/serve run serve_config.yaml
+	$(VENV)/bin/ray start --head --port=$(RAY_PORT) --metrics-export-port=$(METRICS_PORT) --disable-usage-stats
+	trap '$(VENV)/bin/ray stop' EXIT INT TERM; \
+	  $(VENV)/bin/serve run --address=127.0.0.1:$(RAY_PORT) serve_config.yaml
 
 test: install
 	$(PY) -m pytest -v

@@ -186,8 +186,6 @@ class Served:
         import ray
         from ray import serve
 
-        from deployments.app import build_app
-
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
@@ -206,13 +204,13 @@ class Served:
         on top of the run's)."""
         from ray import serve
 
-        from deployments.app import build_app, merged_options
+        from deployments.app import compose_app, merged_options
 
         options = self.batching
         if segmenter_replicas:
             fixed = {"min_replicas": segmenter_replicas, "max_replicas": segmenter_replicas}
             options = merged_options(options, {"Segmenter": {"autoscaling_config": fixed}})
-        serve.run(build_app({**self.args, **args}, options), name="parakeet", route_prefix="/")
+        serve.run(compose_app({**self.args, **args}, options), name="parakeet", route_prefix="/")
 
     def stats(self) -> dict:
         """Counters of the (single) replica of each deployment: batches, items, seconds spent in each stage."""

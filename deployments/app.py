@@ -1,4 +1,4 @@
-"""The one composition point: ``build_app(args)`` wires Ingress -> Segmenter / Transcriber / Aligner.
+"""The one composition point: ``build_app(args)`` (``compose_app`` with overrides) wires Ingress -> Segmenter / Transcriber / Aligner.
 
 Every deployment option (replicas, autoscaling, queue bounds, health checks, CPUs, the Transcriber's batching
 ``user_config``) is written once, in serve_config.yaml's ``deployments:``. ``serve run serve_config.yaml`` applies
@@ -105,8 +105,14 @@ def model_source_problem(source: str) -> str | None:
     return None
 
 
-def build_app(args: dict[str, Any] | None = None, deployment_options: DeploymentOptions | None = None
-              ) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder that ``serve run`` / ``serve deploy`` call with the config's ``args`` (Serve requires
+    exactly one parameter)."""
+    return compose_app(args)
+
+
+def compose_app(args: dict[str, Any] | None = None, deployment_options: DeploymentOptions | None = None
+                ) -> Application:
     """The application. ``deployment_options`` (tests, the benchmark) override the config file's values."""
     settings = AppSettings(**(args or {}))
     check_model_sources(settings)

@@ -91,9 +91,9 @@ def run_app(ray_cluster: str, deployment_options: dict | None = None, name: str 
     overrides some. Another ``name`` and ``route_prefix`` run it beside the shared digits app."""
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import compose_app
 
-    serve.run(build_app(args, deployment_options), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(compose_app(args, deployment_options), name=name, route_prefix=route_prefix, blocking=False)
     return ServedApp(url=ray_cluster + route_prefix.rstrip("/"), name=name)
 
 

@@ -49,7 +49,10 @@ def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch, model
 
     monkeypatch.setattr(app_module, "cluster_gpus", lambda: 0.0)
     shipped = app_module.shipped_deployment_options()
-    bound = bound_options(app_module.build_app({"model": model_file}))
+    # built the way `serve run serve_config.yaml` builds it (Serve checks the builder's signature, then calls it)
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    bound = bound_options(call_user_app_builder_with_args_if_necessary(app_module.build_app, {"model": model_file}))
     for name, options in shipped.items():
         config = bound[name]._deployment_config
         for key, value in options.items():
@@ -61,8 +64,8 @@ def test_build_app_applies_the_files_options_and_nothing_else(monkeypatch, model
             else:
                 assert getattr(config, key) == value, (name, key)
     # a caller's override changes one value and keeps the file's others
-    overridden = bound_options(app_module.build_app({"model": model_file},
-                                                    {"Transcriber": {"user_config": {"batch_ms": 50}}}))
+    overridden = bound_options(app_module.compose_app({"model": model_file},
+                                                      {"Transcriber": {"user_config": {"batch_ms": 50}}}))
     assert overridden["Transcriber"]._deployment_config.user_config == {"max_batch_size": 4, "batch_ms": 50}
 
 
