@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
+from tests.load import LoadOutcome, send_until
 
 pytestmark = pytest.mark.integration
 CLIENTS = 4
@@ -47,54 +48,39 @@ def kill_one_replica(app_name: str, deployment: str) -> None:
 
 def under_load_kill(app, files, deployment: str, kill_after_s: float = 2.0, run_s: float = 30.0) -> dict:
     """Clients send files back to back for ``run_s``; one replica of ``deployment`` is killed ``kill_after_s`` in.
-    Each request is recorded with when it was sent and answered, in seconds from the kill."""
-    results: list[dict] = []
+    Times are in seconds from the kill."""
     started = time.monotonic()
     kill_at = started + kill_after_s
-
-    async def client(index: int) -> None:
-        async with httpx.AsyncClient(timeout=60) as http:
-            turn = index
-            while time.monotonic() < started + run_s:
-                wav, expected = files[turn % len(files)]
-                turn += CLIENTS
-                sent = time.monotonic() - kill_at
-                try:
-                    response = await http.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)})
-                    status, body = response.status_code, response.json()
-                except httpx.HTTPError as exc:  # no answer at all counts as a failure too
-                    status, body = 0, {"error": {"message": type(exc).__name__}}
-                results.append({"sent": sent, "done": time.monotonic() - kill_at, "status": status, "body": body,
-                                "right": status == 200 and body.get("text") == expected})
 
     async def killer() -> None:
         await asyncio.sleep(kill_after_s)
         await asyncio.to_thread(kill_one_replica, app.name, deployment)
 
-    async def run() -> None:
-        await asyncio.gather(killer(), *[client(i) for i in range(CLIENTS)])
+    async def run() -> LoadOutcome:
+        _, outcome = await asyncio.gather(killer(), send_until(
+            app.url, files, CLIENTS, lambda: time.monotonic() > started + run_s, timeout_s=60))
+        return outcome
 
-    asyncio.run(run())
-    after = [r for r in results if r["sent"] >= 0]
-    first_success = min((r["done"] for r in after if r["status"] == 200), default=float("inf"))
-    around = [r for r in results if r["done"] >= 0]  # answered after the kill (sent before or after it)
-    return {"requests": len(results), "failed": [r for r in results if r["status"] != 200],
-            "wrong": [r for r in results if r["status"] == 200 and not r["right"]],
-            "recovered_s": first_success, "slowest_s": max((r["done"] - max(r["sent"], 0) for r in around),
-                                                          default=0.0),
-            "late": [r for r in after if r["sent"] > first_success and r["status"] != 200]}
+    outcome = asyncio.run(run())
+    after = [a for a in outcome.answers if a.sent >= kill_at]
+    first_success = min((a.done - kill_at for a in after if a.status == 200), default=float("inf"))
+    around = [a for a in outcome.answers if a.done >= kill_at]  # answered after the kill (sent before or after)
+    return {"requests": len(outcome.answers), "failed": outcome.failed, "wrong": outcome.wrong,
+            "recovered_s": first_success,
+            "slowest_s": max((a.done - max(a.sent, kill_at) for a in around), default=0.0),
+            "late": [a for a in after if a.sent - kill_at > first_success and a.status != 200]}
 
 
 @pytest.mark.parametrize("deployment", ["Transcriber", "Segmenter"])
 def test_a_killed_replica_is_survived(app, files, deployment):
     outcome = under_load_kill(app, files, deployment)
     print(f"{deployment} killed: {outcome['requests']} requests, {len(outcome['failed'])} failed "
-          f"({sorted({r['status'] for r in outcome['failed']})}); first success of a request sent after the kill "
+          f"({sorted({a.status for a in outcome['failed']})}); first success of a request sent after the kill "
           f"{outcome['recovered_s']:.1f} s after it; slowest answer around the kill {outcome['slowest_s']:.1f} s")
     assert not outcome["wrong"], "a request got another request's (or a wrong) transcript"
     for failure in outcome["failed"]:  # a clear 503 with a message, no internals
-        assert failure["status"] == 503 and failure["body"]["error"]["message"], failure
-        assert "Traceback" not in str(failure["body"])
+        assert failure.status == 503 and failure.body["error"]["message"], failure
+        assert "Traceback" not in str(failure.body)
     assert outcome["recovered_s"] < 30 and not outcome["late"], "requests succeed again within 30 s, and stay so"
     for wav, expected in files[:CLIENTS]:  # and it serves as before
         assert post(app, wav).json()["text"] == expected
