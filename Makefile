@@ -7,6 +7,10 @@ PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.10,$(shell comma
 # Prometheus text at http://<node>:METRICS_PORT/metrics (Ray's metrics export port; the cluster manifests use 8080)
 METRICS_PORT ?= 8080
 RAY_PORT ?= 6379
+# Extras installed beside the service: the tests' and the benchmark's (the container image sets EXTRAS= : serving only)
+EXTRAS ?= [test,bench]
+# torch first, pinned (the Dockerfile installs through this Makefile, so the image has these same pins)
+TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
@@ -23,9 +27,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "Cannot create $(VENV): on Debian/Ubuntu install" \
 	  "the venv module (apt-get install python3-venv, or python3.X-venv for your version)"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip wheel
-	# torch first, pinned: the CPU wheel on this machine's disk (an unpinned torch pulls a multi-GB CUDA build)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench]'
+	# an unpinned torch would pull another build than the one the project is tested with
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.$(EXTRAS)'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
