@@ -15,8 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 from deployments.http_api import error_response
 from deployments.speech.errors import ApiError
 
-OPEN_PATHS = ("/healthz",)  # liveness probes carry no key
+OPEN_PATHS = ("/healthz", "/demo")  # liveness probes carry no key; the demo page holds none (it asks the user)
 WS_POLICY_VIOLATION = 1008
+# Browsers cannot set headers on a WebSocket: the key may come as a subprotocol, OpenAI's convention for its
+# Realtime API in browsers (``new WebSocket(url, ["realtime", "openai-insecure-api-key.<key>"])``).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
 
 
 class Unauthorized(ApiError):
@@ -81,4 +84,14 @@ def _authorized(scope, api_key: str) -> bool:
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
     scheme, _, token = headers.get("authorization", "").partition(" ")
     presented = token.strip() if scheme.lower() == "bearer" else headers.get("x-api-key", "")
+    if not presented and scope["type"] == "websocket":
+        presented = next((p[len(KEY_SUBPROTOCOL):] for p in scope.get("subprotocols", [])
+                          if p.startswith(KEY_SUBPROTOCOL)), "")
     return bool(presented) and hmac.compare_digest(presented.encode(), api_key.encode())
+
+
+def chosen_subprotocol(scope) -> str | None:
+    """The subprotocol a WebSocket is accepted with: a browser that offered any must get one of them back. The
+    first offered that is not the key, else the key's (it is the client's own)."""
+    offered = list(scope.get("subprotocols", []))
+    return next((p for p in offered if not p.startswith(KEY_SUBPROTOCOL)), offered[0] if offered else None)

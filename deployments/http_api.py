@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from deployments.speech.uploads import UploadForm, read_form
 
 log = logging.getLogger("ray.serve")
 Options = TypeVar("Options")
+DEMO_PAGE = (Path(__file__).parent / "demo.html").read_text(encoding="utf-8")  # GET /demo
 
 # The OpenAPI description of what the routes read from the raw request (they parse multipart themselves, counting
 # bytes as they arrive), and of every error they answer with: clients, docs and the schema fuzzer read it.

@@ -11,14 +11,14 @@ import contextlib
 from typing import AsyncIterator, NamedTuple
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
-from deployments.http_api import (ERROR_RESPONSES, LEGACY_FORM, OPENAI_FORM, OPENAI_RESPONSES,
+from deployments.http_api import (DEMO_PAGE, ERROR_RESPONSES, LEGACY_FORM, OPENAI_FORM, OPENAI_RESPONSES,
                                   install_error_handlers, openai_response, read_upload)
 from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
@@ -167,6 +167,11 @@ class Ingress:
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
                                                     vad=options.should_chunk, model=choice)
             return JSONResponse(formats.legacy(result, options.include_timestamps))
+
+    @api.get("/demo", summary="A browser demo: a file with its words highlighted as it plays, the microphone live",
+             response_class=HTMLResponse)
+    async def demo(self) -> HTMLResponse:
+        return HTMLResponse(DEMO_PAGE)
 
     @api.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict:

@@ -22,6 +22,7 @@ from typing import AsyncIterator
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
+from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InternalError
@@ -56,7 +57,7 @@ class RealtimeConnection(LiveSocket):
     # ---------------------------------------------------------------- the connection
 
     async def serve(self) -> str:
-        await self.websocket.accept()
+        await self.websocket.accept(subprotocol=chosen_subprotocol(self.websocket.scope))
         if self.websocket.query_params.get("intent") != "transcription":
             await self._close_with(error_event(self.ids.event(), "Only transcription sessions are served here: "
                                                "connect with ?intent=transcription.", code="unsupported_intent",

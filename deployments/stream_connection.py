@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
@@ -67,7 +68,7 @@ class LiveSocket:
 class StreamConnection(LiveSocket):
     async def serve(self) -> str:
         """Run the stream to its end; returns the outcome (for the streams metric)."""
-        await self.websocket.accept()
+        await self.websocket.accept(subprotocol=chosen_subprotocol(self.websocket.scope))
         if not self.slots.take():
             await self._fail(f"Too many concurrent streams ({self.slots.limit} per replica); retry shortly.",
                              TRY_LATER, "too_many_streams")

@@ -4,7 +4,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 
-from deployments.access import ACCESS, AccessMiddleware
+from deployments.access import ACCESS, AccessMiddleware, chosen_subprotocol
 from deployments.speech.admission import Admission, TooBusy
 from deployments.speech.settings import AdmissionSettings
 
@@ -54,7 +54,7 @@ def client():
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket):
-        await websocket.accept()
+        await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
         await websocket.send_json({"type": "hello"})
         await websocket.close()
 
@@ -88,3 +88,13 @@ def test_cors_is_off_unless_configured(client):
     fresh = TestClient(client.app)  # the CORS layer is built on first use with this replica's origins
     answer = fresh.options("/v1/models", headers=preflight)
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_browser_websocket_may_present_the_key_as_a_subprotocol_and_gets_one_back(client):
+    ACCESS.api_key = "s3cret"
+    with client.websocket_connect("/ws", subprotocols=["parakeet", "openai-insecure-api-key.s3cret"]) as ws:
+        assert ws.receive_json() == {"type": "hello"} and ws.accepted_subprotocol == "parakeet"
+    with client.websocket_connect("/ws", subprotocols=["openai-insecure-api-key.wrong"]) as ws:
+        assert ws.receive_json()["code"] == "invalid_api_key"
+    with client.websocket_connect("/ws", subprotocols=["openai-insecure-api-key.s3cret"]) as ws:
+        assert ws.accepted_subprotocol == "openai-insecure-api-key.s3cret"
