@@ -9,7 +9,7 @@ METRICS_PORT ?= 8080
 RAY_PORT ?= 6379
 # Extras installed beside the service: the tests' and the benchmark's (the container image sets EXTRAS= : serving only)
 EXTRAS ?= [test,bench]
-# torch first, pinned (the Dockerfile installs through this Makefile, so the image has these same pins)
+# torch first, pinned (configs/docker/Dockerfile installs through this Makefile, so the image has these same pins)
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -200,12 +200,125 @@ def build_model(spec: ArchitectureSpec, tokenizer_dir: Path, seed: int = 0):
     return model.eval()
 
 
-def build_random_nemo(name: str, out_path: Path, seed: int = 0) -> Path:
-    """Build a random-weight model of architecture ``name`` and save it as a ``.nemo`` file at ``out_path``."""
+def build_random_nemo(name: str, out_path: Path, seed: int = 0, speech_rate: bool = False) -> Path:
+    """Build a random-weight model of architecture ``name`` and save it as a ``.nemo`` file at ``out_path``;
+    ``speech_rate``: its joint biased to decode like the trained model (``bias_to_speech_rate``, on synthetic
+    speech)."""
     spec = ArchitectureSpec.named(name)
     out_path = Path(out_path)
     tokenizer_dir = train_tokenizer(out_path.parent / f"{out_path.stem}_tokenizer", spec.vocab_size,
                                     default_tokenizer_text(spec.vocab_size))
     model = build_model(spec, tokenizer_dir, seed=seed)
+    if speech_rate:
+        from bench.audio import synthetic_speech
+        from deployments.speech.parakeet import ParakeetRecognizer
+
+        bias_to_speech_rate(ParakeetRecognizer(model, "cpu", use_bf16=False, confidence=False),
+                            synthetic_speech(30, seed=1))
     model.save_to(str(out_path))
     return out_path
+
+
+# ---------------------------------------------------------------------------------------------- a realistic decoder
+
+# parakeet-tdt-0.6b-v2 on English speech: ~150 words a minute at ~1.4 pieces of its 1024-piece vocabulary per word,
+# so ~3.5 tokens a second, each lasting a few 80 ms frames (its blanks skip silence up to 4 frames at a time).
+SPEECH_TOKENS_PER_S = 3.5
+# How often each TDT duration (0..4 frames) is the one predicted: mostly short steps, some skips
+SPEECH_DURATIONS = [0.05, 0.35, 0.3, 0.15, 0.15]
+LOGIT_SPREAD = 3.0  # standard deviation over frames of the blank and duration logits after biasing (nats)
+
+
+class Emission(BaseModel):
+    """What greedy TDT decoding emitted on some audio."""
+
+    tokens_per_s: float
+    durations: list[float]  # share of emitted tokens with each duration
+
+
+def _decode_counts(model, encoded, lengths, seconds: float) -> Emission:
+    hypotheses = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=encoded, encoded_lengths=lengths,
+                                                                return_hypotheses=True)
+    tokens = sum(len(h.y_sequence) for h in hypotheses)
+    counts = [0] * len(TDT_DURATIONS)
+    for h in hypotheses:
+        for d in (h.token_duration.tolist() if hasattr(h.token_duration, "tolist") else h.token_duration or []):
+            counts[TDT_DURATIONS.index(int(d))] += 1
+    return Emission(tokens_per_s=tokens / seconds, durations=[c / max(1, sum(counts)) for c in counts])
+
+
+def measure_emission(recognizer, audio) -> Emission:
+    """Tokens a second and the duration mix the recognizer's greedy decoding emits on ``audio`` (16 kHz)."""
+    import torch
+
+    with torch.inference_mode():
+        encoded, lengths = _encode(recognizer, audio)
+        return _decode_counts(recognizer.model, encoded, lengths, len(audio) / 16000)
+
+
+def _joint_logits_from_start(model, encoded):
+    """The joint's outputs for every frame of ``encoded`` (one item) with the predictor at its start state."""
+    import torch
+
+    prediction, _ = model.decoder.predict(None, state=None, add_sos=False, batch_size=1)
+    hidden = model.joint.project_encoder(encoded.transpose(1, 2)) + model.joint.project_prednet(prediction)
+    return model.joint.joint_net(hidden)[0].float() if hidden.dim() == 3 else torch.empty(0)
+
+
+def _encode(recognizer, audio):
+    import torch
+
+    model = recognizer.model
+    signal = torch.from_numpy(audio[None, :]).to(recognizer.device)
+    length = torch.tensor([len(audio)], device=recognizer.device)
+    features, feature_lengths = model.preprocessor(input_signal=signal, length=length)
+    return model.encoder(audio_signal=features.to(recognizer.dtype), length=feature_lengths)
+
+
+def bias_to_speech_rate(recognizer, audio, tokens_per_s: float = SPEECH_TOKENS_PER_S,
+                        durations: list[float] = SPEECH_DURATIONS, rounds: int = 8) -> Emission:
+    """Bias a random-weight model's joint so greedy decoding on speech emits ``tokens_per_s`` with about the
+    ``durations`` mix, as the trained model does (a random joint emits a token on nearly every frame, inflating
+    the decoder's cost). Only the joint's output bias changes (the blank logit and the duration logits): the
+    encoder's compute is untouched. Calibrated on ``audio``; returns the emission reached there."""
+    import math
+
+    import torch
+
+    model = recognizer.model
+    output = model.joint.joint_net[-1]
+    vocab = model.tokenizer.vocab_size
+    blank, first_duration = vocab, vocab + 1  # outputs: the vocabulary, blank, then one logit per duration
+    with torch.inference_mode():
+        encoded, lengths = _encode(recognizer, audio)
+        seconds = len(audio) / 16000
+        # A random joint's logits barely move from frame to frame, so any blank bias gives all tokens or none.
+        # Spread the blank and duration logits first: scale their rows to a fixed spread over these frames.
+        logits = _joint_logits_from_start(model, encoded)  # (frames, outputs)
+        for row in [blank, *range(first_duration, first_duration + len(TDT_DURATIONS))]:
+            scale = LOGIT_SPREAD / max(logits[:, row].std().item(), 1e-6)
+            mean, bias = logits[:, row].mean().item(), output.bias[row].item()
+            output.weight[row] *= scale
+            output.bias[row] = mean - scale * (mean - bias)  # the row's mean over the frames stays where it was
+        base = output.bias[blank].item()
+
+        def bisect_blank() -> Emission:
+            """The blank bias that gives ``tokens_per_s`` (more blank, fewer tokens: monotone)."""
+            low, high = -20.0, 60.0
+            for _ in range(22):
+                middle = (low + high) / 2
+                output.bias[blank] = base + middle
+                if _decode_counts(model, encoded, lengths, seconds).tokens_per_s > tokens_per_s:
+                    low = middle
+                else:
+                    high = middle
+            output.bias[blank] = base + high
+            return _decode_counts(model, encoded, lengths, seconds)
+
+        for _ in range(rounds):
+            reached = bisect_blank()
+            # move each duration's logit toward its target share (proportional fitting on the log scale, damped:
+            # a duration-0 token keeps the decoder on its frame, so the shares and the rate move together)
+            for index, (target, seen) in enumerate(zip(durations, reached.durations)):
+                output.bias[first_duration + index] += 0.5 * math.log(target / max(seen, 1e-2))
+        return bisect_blank()

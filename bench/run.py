@@ -62,8 +62,9 @@ def model_path(name: str, work: Path) -> str:
     if name == "tiny":
         return str(build_random_nemo("tiny", work / "tiny.nemo"))
     if name == "full-random":  # deterministic (fixed seed), so a copy left in the work dir is reused
-        cached = work / "full-random.nemo"
-        return str(cached if cached.is_file() else build_random_nemo("full", cached))
+        # the joint biased to emit tokens at the trained model's rate (a random joint emits on every frame)
+        cached = work / "full-random-speech-rate.nemo"
+        return str(cached if cached.is_file() else build_random_nemo("full", cached, speech_rate=True))
     if name == "digits":
         return str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "digits.nemo")
     return name  # a .nemo path or an HF id

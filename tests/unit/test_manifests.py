@@ -95,7 +95,7 @@ def test_the_cluster_launcher_deploys_serve_config_yaml_on_nodes_sized_for_it(ne
 
 
 def test_the_image_installs_exactly_what_the_makefile_installs():
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = (CONFIGS / "docker" / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+-runtime-ubuntu24\.04$", dockerfile, re.M)
     runs = " ".join(re.findall(r"^RUN (.+?)(?<!\\)$", dockerfile, re.M | re.S))
