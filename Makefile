@@ -6,7 +6,6 @@ SHELL := /bin/bash
 PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.10,$(shell command -v $(p) 2>/dev/null)))
 # Prometheus text at http://<node>:METRICS_PORT/metrics (Ray's metrics export port; the cluster manifests use 8080)
 METRICS_PORT ?= 8080
-RAY_PORT ?= 6379
 # Extras installed beside the service: the tests' and the benchmark's (the container image sets EXTRAS= : serving only)
 EXTRAS ?= [test,bench]
 # torch first, pinned (configs/docker/Dockerfile installs through this Makefile, so the image has these same pins)
@@ -17,7 +16,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 export PIP_CACHE_DIR ?= $(CURDIR)/$(VENV)/.pip-cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install serve test test-model bench bench-quick clean
+.PHONY: install serve test test-model bench bench-quick wheelhouse install-offline clean
 
 install: $(STAMP)
 
@@ -33,17 +32,27 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# A one-node Ray with its metrics on METRICS_PORT, the app on it, and Ray stopped again when serve run ends (Ctrl-C)
-# Ray's token authentication on (its default for local clusters); said explicitly so serve run's client uses it too.
-serve: export RAY_AUTH_MODE ?= token
+# The preflight, a one-node Ray with its metrics on METRICS_PORT, the app on it; Ctrl-C stops both (deployments/launch.py)
 serve: install
-	$(PY) -m deployments.preflight serve_config.yaml
-	$(VENV)/bin/ray start --head --port=$(RAY_PORT) --metrics-export-port=$(METRICS_PORT) --disable-usage-stats
-	trap '$(VENV)/bin/ray stop' EXIT INT TERM; \
-	  $(VENV)/bin/serve run --address=127.0.0.1:$(RAY_PORT) serve_config.yaml
+	$(PY) -m deployments.launch serve_config.yaml --metrics-port $(METRICS_PORT)
 
 test: install
 	$(PY) -m pytest -v
+
+# An offline install for machines without a registry: `make wheelhouse` (where there is one) collects the wheels the
+# service needs to serve into WHEELHOUSE, for WHEEL_PYTHON / WHEEL_PLATFORM (default: this machine's; e.g.
+# WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64); copy the repository with it, then `make install-offline`
+# there builds $(VENV) from it with no index, and `make serve` runs as usual.
+WHEELHOUSE ?= wheelhouse
+wheelhouse: install
+	$(PY) -m deployments.wheelhouse build --out $(WHEELHOUSE) $(if $(WHEEL_PYTHON),--python $(WHEEL_PYTHON)) \
+	  $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
+
+install-offline:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	PIP_NO_INDEX=1 $(PY) -m deployments.wheelhouse install $(WHEELHOUSE) --python $(PY)
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
 
 # Re-train tests/fixtures/digits.nemo (~20 min on 2 cores; needs espeak-ng: apt-get install espeak-ng)
 test-model: install

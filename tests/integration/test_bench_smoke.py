@@ -36,3 +36,31 @@ def test_quick_bench_produces_its_reports(tmp_path):
     assert all(r["throughput_x"] > 0 and r["segmenter_cpu_ms_per_audio_s"] > 0 for r in report["live_streams"])
     assert (tmp_path / "smoke.md").read_text().startswith("# Parakeet serving benchmark")
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+
+
+def test_the_one_call_gpu_bench_runs_end_to_end_on_the_cpu_with_the_tiny_model(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.one_call", "--model", "tiny", "--minutes", "0.25",
+                             "--concurrency", "1", "2", "--rounds", "1", "--saturation-files", "4",
+                             "--batch-sizes", "2", "4", "--out-dir", str(tmp_path), "--name", "one-call",
+                             "--work-dir", str(tmp_path / "work")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "one-call.json").read_text())
+    assert [(r["audio"], r["config"]) for r in report["in_process"]] == [("0.25min", "vad_ts"), ("0.25min", "whole")]
+    for row in report["in_process"]:  # every stage timed; the stages account for the whole request
+        stages = [row[f"{s}_ms"] for s in ("decode", "vad", "encoder", "decoder", "align", "host")]
+        assert row["encoder_ms"] > 0 and row["decoder_ms"] > 0 and sum(stages) == pytest.approx(row["p50_ms"],
+                                                                                              rel=0.25)
+    by_config = {r["config"]: r for r in report["in_process"]}
+    assert by_config["vad_ts"]["vad_ms"] > 0 and by_config["whole"]["vad_ms"] == 0
+    assert [r["batch_size"] for r in report["saturation_in_process"]] == [2, 4]
+    assert all(r["throughput_x"] > 0 for r in report["saturation_in_process"])
+    served = report["served"]  # Ray is installed here: the graph's rows too
+    assert {(r["config"], r["concurrency"]) for r in served["rows"]} == {
+        (c, n) for c in ("vad_ts", "whole") for n in (1, 2)}
+    assert served["saturation"]["throughput_x"] > 0 and not report["skipped"]
+    # 0.25-minute clips: no 1- or 15-minute row to hold against those targets, only the saturation one
+    assert set(report["targets"]) == {"saturation at batch 4 (x real time)"}
+    assert report["emission_on_speech"]["tokens_per_s"] > 0
+    assert (tmp_path / "one-call.md").read_text().startswith("# One-call bench")
+    assert (tmp_path / "one-call.png").stat().st_size > 1000

@@ -107,7 +107,7 @@ def test_the_image_installs_exactly_what_the_makefile_installs():
     assert f"apt-get install -y --no-install-recommends {python} {python}-venv" in dockerfile
     # the torch pin is the Makefile's (not overridden by the image)
     assert "TORCH=" not in runs and re.search(r"^TORCH \?= torch==[\d.]+$", makefile, re.M)
-    assert "--metrics-export-port=$(METRICS_PORT)" in makefile
+    assert "-m deployments.launch serve_config.yaml --metrics-port $(METRICS_PORT)" in makefile
 
 
 def exported_series() -> set[str]:

@@ -1,0 +1,59 @@
+"""``make serve``: the preflight, a one-node Ray with its Prometheus metrics on a known port, the app of a config
+file on it, until Ctrl-C or SIGTERM, then Serve and that Ray shut down (and nothing else).
+
+    python -m deployments.launch serve_config.yaml --metrics-port 8080
+
+``serve run serve_config.yaml`` serves the same app, but cannot choose Ray's metrics port (Ray picks one at random
+on each start), and ``ray start`` + ``serve run`` + ``ray stop`` would stop every Ray on the machine on the way
+out. The config's ``http_options``, ``proxy_location`` and application (its ``args`` and ``deployments``) apply as
+``serve run`` applies them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from deployments import preflight
+from deployments.app import APP_NAME, compose_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default="serve_config.yaml")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus text at :PORT/metrics")
+    args = parser.parse_args(argv)
+    preflight.main([args.config])
+
+    import ray
+    from ray import serve
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    application = next(a for a in config["applications"] if a["name"] == APP_NAME)
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    ray.init(_metrics_export_port=args.metrics_port, namespace="serve", log_to_driver=True)
+    try:
+        serve.start(proxy_location=config.get("proxy_location", "EveryNode"),
+                    http_options=config.get("http_options", {}))
+        serve.run(compose_app(application.get("args", {}), options), name=APP_NAME,
+                  route_prefix=application.get("route_prefix", "/"), blocking=False)
+        http = config.get("http_options", {})
+        print(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (demo: /demo); metrics "
+              f"on :{args.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
+        stop.wait()
+        print("Stopping...", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The offline install as a user runs it: `make wheelhouse` collects the wheels, `make install-offline` builds a
+clean virtual environment from them with no package index (and, where this machine allows, no network at all),
+and `make serve` starts the service from that environment and transcribes. The environment holds only what
+serving imports (no training, dataset or test tooling)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import encode, free_port, phrase_recording
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+NOT_SERVING = ["wandb", "datasets", "pytest", "matplotlib", "selenium", "schemathesis", "openai", "tensorboard"]
+
+
+def no_network_prefix() -> list[str]:
+    """``unshare -rn`` (a user namespace without network) where the kernel allows it; else nothing (the install
+    still uses no index)."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-rn"]
+    return []
+
+
+def make(*args: str, env: dict | None = None, timeout: float = 1200, prefix: list[str] = ()) -> None:
+    subprocess.run([*prefix, "make", "-s", *args], cwd=ROOT, env=env or os.environ.copy(), check=True,
+                   timeout=timeout)
+
+
+def test_wheelhouse_then_install_offline_then_make_serve(tmp_path, digits_model, digits_app):
+    wheelhouse, venv = tmp_path / "wheelhouse", tmp_path / "venv"
+    make("wheelhouse", f"WHEELHOUSE={wheelhouse}")
+    size_mb = sum(f.stat().st_size for f in wheelhouse.iterdir()) / 2**20
+    prefix = no_network_prefix()
+    make("install-offline", f"WHEELHOUSE={wheelhouse}", f"VENV={venv}", prefix=prefix)
+    installed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                               capture_output=True, text=True, check=True).stdout.lower()
+    print(f"wheelhouse: {len(list(wheelhouse.glob('*.whl')))} wheels, {size_mb:.0f} MiB; installed with "
+          f"{'no network' if prefix else 'no index'}; {len(installed.split())} distributions")
+    for package in NOT_SERVING:
+        assert f"\n{package}==" not in "\n" + installed, f"{package} is not needed to serve"
+
+    env = {**os.environ, "PARAKEET_MODEL": str(digits_model), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)  # make serve starts its own Ray, beside the tests' cluster
+    metrics_port = free_port()
+    # (SIGINT as a terminal's Ctrl-C sends it, whatever this process's own disposition)
+    serve = subprocess.Popen(["make", "-s", "serve", f"VENV={venv}", f"METRICS_PORT={metrics_port}"], cwd=ROOT,
+                             env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert serve.poll() is None, "make serve exited"
+            try:
+                if httpx.get("http://127.0.0.1:8000/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(2)
+        wav = encode(phrase_recording(["six", "three", "one"], voice=3).audio)
+        answer = httpx.post("http://127.0.0.1:8000/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                            timeout=60)
+        expected = httpx.post(digits_app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                              timeout=60)
+        assert answer.status_code == 200 and answer.json()["text"] == expected.json()["text"]
+        assert "ray_parakeet_requests_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C: Serve and the Ray it started shut down
+        serve.wait(timeout=120)
+    assert serve.returncode == 0
+    left = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
+    assert not left, "every process of the offline environment ended with it"
