@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    ray.init(_metrics_export_port=args.metrics_port, namespace="serve", log_to_driver=True)
+    # a Ray of its own ("local"), even when another runs on this machine: Ctrl-C stops this one only
+    ray.init(address="local", _metrics_export_port=args.metrics_port, namespace="serve", log_to_driver=True)
     try:
         serve.start(proxy_location=config.get("proxy_location", "EveryNode"),
                     http_options=config.get("http_options", {}))

@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import encode, free_port, phrase_recording
+from tests.helpers import encode, free_port, phrase_recording, wait_for_metrics
+from tests.load import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-NOT_SERVING = ["wandb", "datasets", "pytest", "matplotlib", "selenium", "schemathesis", "openai", "tensorboard"]
+NOT_SERVING = ["wandb", "tensorboard", "sacrebleu", "pytest", "selenium", "schemathesis", "openai", "hypothesis"]
 
 
 def no_network_prefix() -> list[str]:
@@ -72,10 +73,16 @@ def test_wheelhouse_then_install_offline_then_make_serve(tmp_path, digits_model,
         expected = httpx.post(digits_app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                               timeout=60)
         assert answer.status_code == 200 and answer.json()["text"] == expected.json()["text"]
-        assert "ray_parakeet_requests_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        # metrics on the port asked for (Ray reports every 10 s outside the tests)
+        metrics = wait_for_metrics(f"http://127.0.0.1:{metrics_port}/metrics",
+                                   lambda s: s.value("ray_parakeet_requests_total", route="openai") >= 1)
+        assert metrics.value("ray_parakeet_requests_total", route="openai", status="200") == 1
     finally:
         os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C: Serve and the Ray it started shut down
         serve.wait(timeout=120)
-    assert serve.returncode == 0
-    left = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
-    assert not left, "every process of the offline environment ended with it"
+    assert serve.returncode in (0, -signal.SIGINT)  # make itself ends on the Ctrl-C; the service shuts down
+
+    def leftovers() -> list[str]:
+        return subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
+
+    assert wait_until(lambda: not leftovers(), timeout_s=60) is not None, "the service's Ray stopped with it"
