@@ -34,6 +34,12 @@ class LoadOutcome:
         return [a for a in self.answers if a.status == 200 and not a.right]
 
 
+def with_transcripts(url: str, wavs: list[bytes]) -> list[tuple[bytes, str]]:
+    """Each file with the transcript the service gives it alone (the reference the load's answers must equal)."""
+    return [(wav, httpx.post(url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                             timeout=120).json()["text"]) for wav in wavs]
+
+
 async def send_until(url: str, files: list[tuple[bytes, str]], clients: int, stop: Callable[[], bool],
                      timeout_s: float = 120, answers: list[Answer] | None = None) -> LoadOutcome:
     """``clients`` clients post ``files`` (wav bytes, expected transcript) to ``url`` back to back until ``stop()``;

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, long_recording, random_phrases
-from tests.load import BackgroundLoad, running_replicas, wait_until
+from tests.load import BackgroundLoad, running_replicas, wait_until, with_transcripts
 
 pytestmark = pytest.mark.integration
 APP = "autoscaling"
@@ -36,9 +36,8 @@ def app(ray_cluster, digits_model):
 def files(app) -> list[tuple[bytes, str]]:
     """Recordings of several phrases and the transcript each gets alone, before any scaling."""
     rng = random.Random(40)
-    wavs = [encode(long_recording(random_phrases(rng, 6), rng).audio) for _ in range(8)]
-    return [(wav, httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
-                             timeout=120).json()["text"]) for wav in wavs]
+    return with_transcripts(app.url, [encode(long_recording(random_phrases(rng, 6), rng).audio)
+                                      for _ in range(8)])
 
 
 def test_transcriber_and_segmenter_scale_up_under_load_and_down_when_idle(app, files):

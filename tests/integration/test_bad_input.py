@@ -4,7 +4,6 @@ alone."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import threading
@@ -13,7 +12,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import SAMPLE_RATE, encode, phrase_recording, random_phrases

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
-from tests.load import BackgroundLoad, running_replicas, wait_until
+from tests.load import BackgroundLoad, running_replicas, wait_until, with_transcripts
 
 pytestmark = pytest.mark.integration
 APP = "multinode"
@@ -56,9 +56,8 @@ def app(ray_cluster, nodes, digits_model):
 @pytest.fixture(scope="module")
 def files(app) -> list[tuple[bytes, str]]:
     rng = random.Random(50)
-    wavs = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 10))]
-    return [(wav, httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
-                             timeout=120).json()["text"]) for wav in wavs]
+    return with_transcripts(app.url, [encode(phrase_recording(p, voice=i % 4, rng=rng).audio)
+                                      for i, p in enumerate(random_phrases(rng, 10))])
 
 
 def replica_nodes(deployment: str) -> list[str]:

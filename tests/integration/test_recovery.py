@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
-from tests.load import LoadOutcome, send_until
+from tests.load import LoadOutcome, send_until, with_transcripts
 
 pytestmark = pytest.mark.integration
 CLIENTS = 4
@@ -29,8 +29,8 @@ def app(ray_cluster, digits_model):
 def files(app) -> list[tuple[bytes, str]]:
     """Short files and the transcript each gets alone."""
     rng = random.Random(30)
-    wavs = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 12))]
-    return [(wav, post(app, wav).json()["text"]) for wav in wavs]
+    return with_transcripts(app.url, [encode(phrase_recording(p, voice=i % 4, rng=rng).audio)
+                                      for i, p in enumerate(random_phrases(rng, 12))])
 
 
 def post(app, wav: bytes) -> httpx.Response:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.speech.settings import AppSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

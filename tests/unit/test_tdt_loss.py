@@ -1,6 +1,5 @@
 """The maker's vectorised TDT loss equals the sum over every alignment, enumerated by brute force."""
 
-import itertools
 import math
 
 import pytest
