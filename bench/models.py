@@ -279,8 +279,9 @@ def bias_to_speech_rate(recognizer, audio, tokens_per_s: float = SPEECH_TOKENS_P
                         durations: list[float] = SPEECH_DURATIONS, rounds: int = 8) -> Emission:
     """Bias a random-weight model's joint so greedy decoding on speech emits ``tokens_per_s`` with about the
     ``durations`` mix, as the trained model does (a random joint emits a token on nearly every frame, inflating
-    the decoder's cost). Only the joint's output bias changes (the blank logit and the duration logits): the
-    encoder's compute is untouched. Calibrated on ``audio``; returns the emission reached there."""
+    the decoder's cost). Only weights of the joint change (its predictor projection, and the blank and duration
+    rows of its output layer): the encoder and the predictor network compute what they did. Calibrated on
+    ``audio``; returns the emission reached there."""
     import math
 
     import torch
@@ -292,6 +293,11 @@ def bias_to_speech_rate(recognizer, audio, tokens_per_s: float = SPEECH_TOKENS_P
     with torch.inference_mode():
         encoded, lengths = _encode(recognizer, audio)
         seconds = len(audio) / 16000
+        # A random predictor moves the joint's outputs after each token by as much as the audio does, so a rate
+        # calibrated on one clip holds on no other (bursts, or silence). Its projection into the joint is zeroed:
+        # the predictor still runs (the same compute), emission then depends on the audio alone.
+        model.joint.pred.weight.zero_()
+        model.joint.pred.bias.zero_()
         # A random joint's logits barely move from frame to frame, so any blank bias gives all tokens or none.
         # Spread the blank and duration logits first: scale their rows to a fixed spread over these frames.
         logits = _joint_logits_from_start(model, encoded)  # (frames, outputs)
