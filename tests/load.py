@@ -99,6 +99,11 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, every_s: float =
     return None
 
 
+def seconds(value: float | None) -> str:
+    """A ``wait_until`` result for a report line."""
+    return "never (timed out)" if value is None else f"{value:.1f} s"
+
+
 def running_replicas(app: str, deployment: str) -> int:
     from ray import serve
 

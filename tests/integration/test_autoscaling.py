@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, long_recording, random_phrases
-from tests.load import BackgroundLoad, running_replicas, wait_until, with_transcripts
+from tests.load import BackgroundLoad, running_replicas, seconds, wait_until, with_transcripts
 
 pytestmark = pytest.mark.integration
 APP = "autoscaling"
@@ -54,8 +54,9 @@ def test_transcriber_and_segmenter_scale_up_under_load_and_down_when_idle(app, f
         wait_until(lambda: len(load.answers) >= at_two + 2 * CLIENTS, timeout_s=120)
     scaled_down_s = wait_until(lambda: both_at(1), timeout_s=180)
     outcome = load.outcome
-    print(f"autoscaling: 1 -> 2 replicas (Transcriber and Segmenter) {scaled_up_s:.1f} s after the load began, "
-          f"2 -> 1 {scaled_down_s:.1f} s after it ended; {len(outcome.answers)} requests, {len(outcome.failed)} failed")
+    print(f"autoscaling: 1 -> 2 replicas (Transcriber and Segmenter) {seconds(scaled_up_s)} after the load began, "
+          f"2 -> 1 {seconds(scaled_down_s)} after it ended; {len(outcome.answers)} requests, "
+          f"{len(outcome.failed)} failed")
     assert scaled_up_s is not None, "both deployments reach 2 replicas under load"
     assert scaled_down_s is not None, "and come back to 1 when idle"
     assert outcome.answers and not outcome.failed and not outcome.wrong

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
-from tests.load import BackgroundLoad, running_replicas, wait_until, with_transcripts
+from tests.load import BackgroundLoad, running_replicas, seconds, wait_until, with_transcripts
 
 pytestmark = pytest.mark.integration
 APP = "multinode"
@@ -98,10 +98,10 @@ def test_a_gpu_node_removed_under_load_is_survived_and_replaced(local_ray, app, 
         served_by_new = len(load.answers)
         wait_until(lambda: len(load.answers) >= served_by_new + 2 * CLIENTS, timeout_s=60)
     outcome = load.outcome
-    print(f"multi-node: GPU node removed under load; requests succeed again {recovered_s:.1f} s after; Serve "
-          f"marks the replica gone {noticed_s:.1f} s after; the replacement Transcriber runs {replaced_s:.1f} s "
-          f"after a new node joined; {len(outcome.answers)} "
-          f"requests, {len(outcome.failed)} failed ({sorted({a.status for a in outcome.failed})})")
+    print(f"multi-node: GPU node removed under load; requests succeed again {seconds(recovered_s)} after; Serve "
+          f"marks the replica gone {seconds(noticed_s)} after; the replacement Transcriber runs {seconds(replaced_s)} "
+          f"after a new node joined; {len(outcome.answers)} requests, {len(outcome.failed)} failed "
+          f"({sorted({a.status for a in outcome.failed})})")
     assert not outcome.wrong, "nothing mixed up: every 200 is the file's own transcript"
     for failure in outcome.failed:  # in-flight work on the dead node: retried, or a clear 503
         assert failure.status == 503 and failure.body["error"]["message"], failure
