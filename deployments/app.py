@@ -29,13 +29,22 @@ APP_NAME = "parakeet"
 DeploymentOptions = dict[str, dict[str, Any]]
 
 
+def config_application(config: dict) -> dict:
+    """This app's entry in a Serve config file's ``applications``."""
+    return next(a for a in config["applications"] if a["name"] == APP_NAME)
+
+
+def deployment_options(application: dict) -> DeploymentOptions:
+    """Each deployment's options in a config file's application, by deployment name."""
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+
+
 def shipped_deployment_options(path: Path = SERVE_CONFIG) -> DeploymentOptions:
     """Each deployment's options from the config file's application, by deployment name."""
     if not path.is_file():  # an install without the repository's config: Ray's own config (if any) decides
         log.warning("%s not found: deployments run with Ray's defaults unless a config file sets them", path)
         return {}
-    application = next(a for a in yaml.safe_load(path.read_text())["applications"] if a["name"] == APP_NAME)
-    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+    return deployment_options(config_application(yaml.safe_load(path.read_text())))
 
 
 def merged_options(base: DeploymentOptions, overrides: DeploymentOptions | None) -> DeploymentOptions:

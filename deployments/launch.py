@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from deployments import preflight
-from deployments.app import APP_NAME, compose_app
+from deployments.app import APP_NAME, compose_app, config_application, deployment_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from ray import serve
 
     config = yaml.safe_load(Path(args.config).read_text())
-    application = next(a for a in config["applications"] if a["name"] == APP_NAME)
-    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
+    application = config_application(config)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         serve.start(proxy_location=config.get("proxy_location", "EveryNode"),
                     http_options=config.get("http_options", {}))
-        serve.run(compose_app(application.get("args", {}), options), name=APP_NAME,
+        serve.run(compose_app(application.get("args", {}), deployment_options(application)), name=APP_NAME,
                   route_prefix=application.get("route_prefix", "/"), blocking=False)
         http = config.get("http_options", {})
         print(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (demo: /demo); metrics "

@@ -14,13 +14,13 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from deployments.app import APP_NAME, check_model_sources
+from deployments.app import check_model_sources, config_application
 from deployments.speech.settings import AppSettings
 
 
 def main(argv: list[str] | None = None) -> None:
     path = Path((argv or sys.argv[1:] or ["serve_config.yaml"])[0])
-    application = next(a for a in yaml.safe_load(path.read_text())["applications"] if a["name"] == APP_NAME)
+    application = config_application(yaml.safe_load(path.read_text()))
     try:
         settings = AppSettings(**application.get("args", {}))
     except ValidationError as exc:

@@ -35,8 +35,9 @@ GPU_ONLY = ["cuda-bindings", "cuda-pathfinder"]
 # Needed but never imported, so the trace cannot see them
 NOT_IMPORTED = {"silero-vad": "the VAD's ONNX files are its package data",
                 "safetensors": "transformers checks its installed version when NeMo imports it"}
-# torch is installed with its dependencies (the CUDA libraries of its Linux wheels are not Python imports)
-WITH_DEPENDENCIES = ["torch"]
+# torch (the Makefile's pin) is installed with its dependencies: the CUDA libraries of its Linux wheels are not
+# Python imports, so the trace cannot see them
+TORCH = "torch"
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -60,19 +61,16 @@ def build(out: Path, python: str | None, platform: str | None) -> int:
     if platform:
         target += ["--platform", platform]
     pip = [sys.executable, "-m", "pip"]
-    no_deps = [r for r in pinned_requirements() if _name(r) not in WITH_DEPENDENCIES]
-    with_deps = [torch_pin()] + [r for r in pinned_requirements() if _name(r) in WITH_DEPENDENCIES
-                                 and _name(r) != "torch"]
-    for requirement in no_deps:  # one by one: a package with no wheel for the target is built here instead
+    for requirement in pinned_requirements():  # one by one: a package with no wheel for the target is built here instead
         fetched = subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", *target,
                                   "--dest", str(out), requirement], capture_output=True, text=True)
         if fetched.returncode != 0:  # an sdist-only package: pure Python, so its wheel fits any platform
             subprocess.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(out), requirement], check=True)
-    subprocess.run([*pip, "download", "-q", "--only-binary=:all:", *target, "--dest", str(out), *with_deps],
+    subprocess.run([*pip, "download", "-q", "--only-binary=:all:", *target, "--dest", str(out), torch_pin()],
                    check=True)
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(ROOT)], check=True)
     shutil.copyfile(REQUIREMENTS, out / "serve-requirements.txt")
-    (out / "torch-requirement.txt").write_text(" ".join(with_deps) + "\n")
+    (out / "torch-requirement.txt").write_text(torch_pin() + "\n")
     return sum(f.stat().st_size for f in out.iterdir())
 
 
@@ -138,7 +136,7 @@ def trace(model: str, port: int = 8011) -> list[str]:
         modules = {line.split(".")[0] for record in records.iterdir() for line in record.read_text().split()}
     owners = metadata.packages_distributions()
     found = {dist for module in modules for dist in owners.get(module, [])}
-    names = ({_name(d) for d in found} - {PROJECT} - set(WITH_DEPENDENCIES)) | set(GPU_ONLY) | set(NOT_IMPORTED)
+    names = ({_name(d) for d in found} - {PROJECT} - {TORCH}) | set(GPU_ONLY) | set(NOT_IMPORTED)
     return sorted(f"{metadata.distribution(n).metadata['Name']}=={metadata.version(n)}" for n in names
                   if _installed(n))
 
