@@ -20,6 +20,8 @@ from deployments.speech.settings import AppSettings
 
 def main(argv: list[str] | None = None) -> None:
     path = Path((argv or sys.argv[1:] or ["serve_config.yaml"])[0])
+    if not path.is_file():
+        raise SystemExit(f"No config file {path}: run from the repository's root, or pass the path to one.")
     application = config_application(yaml.safe_load(path.read_text()))
     try:
         settings = AppSettings(**application.get("args", {}))

@@ -76,6 +76,9 @@ def build(out: Path, python: str | None, platform: str | None) -> int:
 
 def install_offline(wheelhouse: Path, python: str = sys.executable) -> None:
     """Install the service from ``wheelhouse`` into ``python``'s environment without any index."""
+    if not (wheelhouse / "torch-requirement.txt").is_file():
+        raise SystemExit(f"{wheelhouse} is not a wheelhouse: build one with `make wheelhouse` where there is a "
+                         "package registry, copy it here, and pass it as WHEELHOUSE=<folder>.")
     pip = [python, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheelhouse)]
     subprocess.run([*pip, *(wheelhouse / "torch-requirement.txt").read_text().split()], check=True)
     subprocess.run([*pip, "--no-deps", "-r", str(wheelhouse / "serve-requirements.txt")], check=True)

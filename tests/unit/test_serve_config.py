@@ -126,3 +126,12 @@ def test_make_serve_stops_at_once_on_a_model_that_cannot_be_had(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "deployments.preflight", str(CONFIG)], env=env,
                         capture_output=True, text=True, timeout=60, cwd=CONFIG.parent)
     assert ok.returncode == 0 and "can be loaded" in ok.stdout
+
+
+def test_a_missing_config_file_or_wheelhouse_is_one_clear_line(tmp_path):
+    from deployments import preflight, wheelhouse
+
+    with pytest.raises(SystemExit, match="No config file .*missing.yaml"):
+        preflight.main([str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit, match="is not a wheelhouse: build one with `make wheelhouse`"):
+        wheelhouse.install_offline(tmp_path)
