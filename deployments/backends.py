@@ -104,8 +104,8 @@ class GraphBackends:
     async def collect(self, call: SegmentCall) -> SegmentTokens:
         return await call.result()
 
-    async def transcribe_samples(self, samples: np.ndarray, model: str) -> SegmentTokens:
-        return await retried(lambda: self._transcriber(model).transcribe.remote(samples))
+    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final") -> SegmentTokens:
+        return await retried(lambda: self._transcriber(model).transcribe.remote(samples, priority=priority))
 
     def _transcriber(self, model: str) -> DeploymentHandle:
         """The Transcriber handle for ``model``: Serve's multiplexing routes to replicas that hold it."""

@@ -1,10 +1,13 @@
 """One WebSocket on ``/v1/realtime?intent=transcription``: OpenAI's Realtime transcription protocol over the same
 live pipeline as ``/v1/audio/stream`` (VAD on the Segmenter replicas, utterances to the batched Transcriber).
 
-- ``server_vad`` sessions: appended audio feeds a live run; its turns become ``input_audio_buffer.speech_started``
-  / ``speech_stopped`` / ``committed``, ``...transcription.delta`` (from partials) and ``...completed``. A client
-  ``commit`` ends the run (the open turn is transcribed) and a ``clear`` drops it; the next append starts another,
-  with times continuing from where the session is.
+- ``server_vad`` (and ``semantic_vad``) sessions: appended audio feeds a live run; its turns become
+  ``input_audio_buffer.speech_started`` / ``speech_stopped`` / ``committed``, ``...transcription.delta`` (from
+  partials) and ``...completed``. A client ``commit`` ends the open turn now (the run goes on; with no turn open it
+  is ignored, not an error: voice-agent clients treat an error as a broken connection); a change of the turn's
+  pause (``silence_duration_ms``, ``eagerness``) applies to the running turn; other session changes end the run
+  (its open turn is transcribed) and a ``clear`` drops it; the next append starts another, with times continuing
+  from where the session is.
 - manual sessions (``turn_detection: null``): appended audio is buffered; each ``commit`` transcribes the buffer
   through the offline path (VAD segments, batched model) as one item.
 - every client event that cannot be applied gets an ``error`` event naming the field; the connection stays open.
@@ -28,7 +31,8 @@ from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InternalError
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
-from deployments.speech.protocol import FinalEvent, LiveEvent, SpeechStarted, SpeechStopped
+from deployments.speech.live import Control, Finalize, Reconfigure
+from deployments.speech.protocol import FinalEvent, LiveEvent, NothingToFinalize, SpeechStarted, SpeechStopped
 from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, TurnDeltas, completed_event,
                                          decode_append, error_event)
 from deployments.speech.settings import AppSettings
@@ -110,8 +114,10 @@ class RealtimeConnection(LiveSocket):
 
     async def _session_update(self, event: dict) -> None:
         session = self.session.updated(event.get("session"), self.catalog)
-        if session.input_rate != self.session.input_rate or session.model_dump() != self.session.model_dump():
+        if session.pipeline_key() != self.session.pipeline_key():
             await self._end_run(flush=True)  # the audio so far is transcribed with the settings it came with
+        elif self.run is not None:  # only the pause changed: the running turn goes on under the new rule
+            await self.run.control(Reconfigure(session.turn_rules(self.settings.stream.turn_rules)))
         self.session = session
         self.resampler = audio_io.Resampler(session.input_rate)
         if session.server_vad and self.buffer:  # manual audio not committed yet goes on to turn detection
@@ -135,7 +141,8 @@ class RealtimeConnection(LiveSocket):
 
     async def _commit(self, event: dict) -> None:
         if self.session.server_vad:
-            await self._end_run(flush=True)
+            if self.run is not None:
+                await self.run.control(Finalize())
             return
         minimum = int(self.settings.limits.min_audio_ms * SAMPLE_RATE / 1000)
         if self.buffered < max(minimum, 1):
@@ -199,7 +206,7 @@ class RealtimeConnection(LiveSocket):
     def _describe(self) -> dict:
         session = self.session
         return {"id": self.session_id, **session.describe(session.vad_settings(self.settings.vad),
-                                                          session.stream_settings(self.settings.stream),
+                                                          session.turn_rules(self.settings.stream.turn_rules),
                                                           session.model(self.catalog))}
 
     def _spawn(self, work) -> None:
@@ -233,7 +240,7 @@ class LiveRun:
         events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
                                           model=session.model(connection.catalog),
                                           logprobs=session.logprobs, vad=session.vad_settings(settings.vad),
-                                          stream=session.stream_settings(settings.stream))
+                                          rules=session.turn_rules(settings.stream.turn_rules))
         self.task = asyncio.create_task(self._forward(events))
 
     async def feed(self, samples: np.ndarray) -> None:
@@ -243,6 +250,11 @@ class LiveRun:
             return
         self.fed += len(samples)
         await self.queue.put(samples)
+
+    async def control(self, control: Control) -> None:
+        """A finalize or new turn rules, in order with the audio fed so far."""
+        if not self.task.done():
+            await self.queue.put(control)
 
     async def finish(self, tail: np.ndarray) -> None:
         self.fed += len(tail)
@@ -257,7 +269,7 @@ class LiveRun:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
-    async def _chunks(self) -> AsyncIterator[np.ndarray]:
+    async def _chunks(self) -> AsyncIterator[np.ndarray | Control]:
         while (samples := await self.queue.get()) is not _END:
             yield samples
 
@@ -278,6 +290,8 @@ class LiveRun:
 
     def _translate(self, event: LiveEvent) -> list[dict]:
         connection, ids = self.connection, self.connection.ids
+        if isinstance(event, NothingToFinalize):
+            return []  # a commit with no turn open (see the module's docstring)
         if isinstance(event, SpeechStarted):
             self.items[event.id] = ids.item()
             return [{"type": "input_audio_buffer.speech_started", "event_id": ids.event(),

@@ -1,15 +1,18 @@
 """One WebSocket on ``/v1/audio/stream`` (alias ``/ws``): the project's live protocol over the live pipeline.
 
-Client -> server: an optional ``StreamConfig`` text message, binary PCM16 frames, then ``{"type": "end"}``.
-Server -> client: ``partial`` / ``final`` events, then ``done`` and a normal close; or one ``error`` event and a
-close whose code says why (``CLOSE_CODES``).
+Client -> server: an optional ``StreamConfig`` text message, binary PCM16 frames, at any time ``{"type":
+"finalize"}`` (end the open turn now) or ``{"type": "configure", ...}`` (new turn rules), then ``{"type": "end"}``.
+Server -> client: ``partial`` / ``final`` events (``nothing_to_finalize`` for a finalize with no turn open), then
+``done`` and a normal close; or one ``error`` event and a close whose code says why (``CLOSE_CODES``). A bad
+``configure`` gets an ``error`` event naming the field, and the stream goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
@@ -19,8 +22,10 @@ from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
+from deployments.speech.live import Control, Finalize, Reconfigure
 from deployments.speech.pipeline import TranscriptionPipeline
-from deployments.speech.protocol import DoneEvent, EndOfStream, StreamConfig, StreamError, event_dict
+from deployments.speech.protocol import (STREAM_MESSAGE, ConfigureStream, DoneEvent, EndOfStream, FinalizeTurn,
+                                         StreamConfig, StreamError, event_dict)
 from deployments.speech.settings import AppSettings
 
 log = logging.getLogger("ray.serve")
@@ -65,7 +70,14 @@ class LiveSocket:
         self.slots = slots
 
 
+def validation_detail(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
 class StreamConnection(LiveSocket):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._send_lock = asyncio.Lock()  # events and a configure's error are sent from two tasks
     async def serve(self) -> str:
         """Run the stream to its end; returns the outcome (for the streams metric)."""
         await self.websocket.accept(subprotocol=chosen_subprotocol(self.websocket.scope))
@@ -92,25 +104,26 @@ class StreamConnection(LiveSocket):
             try:
                 config = StreamConfig.model_validate_json(first["text"])
             except ValidationError as exc:
-                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                await self._fail(f"Invalid stream config: {detail}", BAD_CONFIG, "invalid_config")
+                await self._fail(f"Invalid stream config: {validation_detail(exc)}", BAD_CONFIG, "invalid_config")
                 return "bad_config"
         try:
             choice = self.catalog.choose(config.model, config.language)
         except ApiError as exc:
             await self._fail(exc.message, BAD_CONFIG, exc.code)
             return "bad_config"
-        events = self.pipeline.live(self._audio(config, opening), timestamps=config.timestamps,
-                                    partials=config.partials, model=choice)
+        rules = config.turn_rules(self.settings.stream.turn_rules)
+        events = self.pipeline.live(self._audio(config, opening, rules), timestamps=config.timestamps,
+                                    partials=config.partials, model=choice, rules=rules)
         async with contextlib.aclosing(events):
             async for event in events:
-                await self.websocket.send_json(event_dict(event))
-        await self.websocket.send_json(event_dict(DoneEvent()))
+                await self._send(event_dict(event))
+        await self._send(event_dict(DoneEvent()))
         await self.websocket.close(NORMAL)
         return "done"
 
-    async def _audio(self, config: StreamConfig, opening: bytes | None):
-        """The client's frames as 16 kHz float32 pieces, until ``{"type": "end"}``."""
+    async def _audio(self, config: StreamConfig, opening: bytes | None, rules) -> AsyncIterator[np.ndarray | Control]:
+        """The client's frames as 16 kHz float32 pieces and its finalize / configure messages, in order, until
+        ``{"type": "end"}``."""
         resample = audio_io.Resampler(config.sample_rate)
         if opening:
             yield resample(self._samples(opening))
@@ -120,12 +133,32 @@ class StreamConnection(LiveSocket):
                 raise ClientGone()
             if message.get("bytes") is not None:
                 yield resample(self._samples(message["bytes"]))
-            elif EndOfStream.matches(message.get("text")):
+                continue
+            command = self._command(message.get("text"))
+            if isinstance(command, EndOfStream):
                 yield resample(np.zeros(0, np.float32), last=True)
                 return
-            else:
-                raise InvalidRequest('Text messages after the config must be {"type": "end"}.',
-                                     code="invalid_frame")
+            if isinstance(command, FinalizeTurn):
+                yield Finalize()
+            elif isinstance(command, ConfigureStream):
+                rules = command.applied_to(rules)
+                yield Reconfigure(rules)
+            else:  # a configure with a bad value: the stream goes on with the rules it had
+                await self._send(event_dict(command))
+
+    @staticmethod
+    def _command(text: str | None) -> EndOfStream | FinalizeTurn | ConfigureStream | StreamError:
+        """A text message after the config; a configure with a bad value becomes the error event to send."""
+        try:
+            return STREAM_MESSAGE.validate_json(text or "")
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["loc"][:1] == ("configure",) and len(error["loc"]) > 1:
+                field = ".".join(map(str, error["loc"][1:]))
+                return StreamError(message=f"Invalid configure: {field}: {error['msg']}; the stream goes on with "
+                                           "its turn rules unchanged.", code="invalid_configure", param=field)
+        raise InvalidRequest('Text messages after the config must be {"type": "finalize"}, {"type": "configure", '
+                             '...} or {"type": "end"}.', code="invalid_frame")
 
     def _samples(self, frame: bytes) -> np.ndarray:
         if len(frame) > self.settings.stream.max_frame_bytes:
@@ -133,7 +166,11 @@ class StreamConnection(LiveSocket):
                                   code="frame_too_large")
         return audio_io.pcm16_to_float(frame)
 
+    async def _send(self, event: dict) -> None:
+        async with self._send_lock:
+            await self.websocket.send_json(event)
+
     async def _fail(self, message: str, close_code: int, code: str | None) -> None:
         with contextlib.suppress(Exception):  # the client may already be gone
-            await self.websocket.send_json(event_dict(StreamError(message=message, code=code)))
+            await self._send(event_dict(StreamError(message=message, code=code)))
             await self.websocket.close(close_code)

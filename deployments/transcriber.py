@@ -5,16 +5,20 @@ replica that holds it, loading it there on demand, least recently used evicted p
 
 Batching (``BatchSettings``) is the deployment's ``user_config``: Ray calls ``reconfigure`` after start-up and on
 every change, and a batch bigger than any run so far is warmed up there before traffic uses it.
+
+Each kind of work has its own batch queue (live finals, live partials, file segments, background jobs), all with the
+same batching, and the model takes the most urgent waiting batch next (``speech/model_queue.py``): a live turn's
+final never waits behind an upload's segments, only behind the one model call already running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from ray import serve
@@ -23,6 +27,7 @@ from ray.serve.metrics import Counter, Histogram
 from deployments.metrics import StageLatency
 from deployments.speech.batching import ItemFailure, run_isolated
 from deployments.speech.errors import InvalidRequest, NotFound, Overloaded
+from deployments.speech.model_queue import CONTROL, LIVE, PRIORITIES, ModelQueue
 from deployments.speech.schemas import SegmentTokens
 from deployments.speech.settings import AppSettings, BatchSettings
 
@@ -53,6 +58,12 @@ class LoadedModel:
             self._on_unload(self.model_id)
 
 
+class Arrival(NamedTuple):
+    """When a segment reached the replica, and how many less urgent model calls had started by then."""
+    at: float
+    bulk_started: int
+
+
 @serve.deployment
 class Transcriber:
     def __init__(self, settings: AppSettings):
@@ -66,8 +77,12 @@ class Transcriber:
         self.device = resolve_device(settings.device)
         self.specs = {spec.id: spec for spec in settings.served_models}
         self.default_model = settings.default_model.id
-        # One worker thread: model work (and loading) is serialised and never runs on the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parakeet")
+        # One worker thread: model work (and loading) is serialised, most urgent first, never on the event loop.
+        self._queue = ModelQueue()
+        self._batchers = {"final": self._final_batch, "partial": self._partial_batch, "file": self._file_batch,
+                          "job": self._job_batch}
+        # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
+        self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
         self.batching = DEFAULT_BATCHING
         self.loaded: dict[str, LoadedModel] = {}
         self.load_seconds: dict[str, float] = {}
@@ -105,8 +120,9 @@ class Transcriber:
         await self._model(self.default_model)
         for model in list(self.loaded.values()):
             await self._warm_up(model)
-        self._transcribe_batch.set_max_batch_size(batching.max_batch_size)
-        self._transcribe_batch.set_batch_wait_timeout_s(batching.batch_ms / 1000)
+        for batcher in self._batchers.values():
+            batcher.set_max_batch_size(batching.max_batch_size)
+            batcher.set_batch_wait_timeout_s(batching.batch_ms / 1000)
         log.info("Transcriber batching: %s", batching)
 
     async def _load(self, model_id: str) -> LoadedModel:
@@ -115,11 +131,11 @@ class Transcriber:
         spec = self.specs[model_id]
         started = time.perf_counter()
         settings = self.settings
-        recognizer = await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: ParakeetRecognizer.load(
+        recognizer = await asyncio.wrap_future(self._queue.submit(
+            CONTROL, lambda: ParakeetRecognizer.load(
                 spec.source, device=settings.device, use_bf16=settings.use_bf16,
                 local_attention_above_s=settings.local_attention_above_s,
-                max_batch_audio_s=settings.max_batch_audio_s, confidence=settings.confidence))
+                max_batch_audio_s=settings.max_batch_audio_s, confidence=settings.confidence)))
         model = LoadedModel(model_id, recognizer, self._unloaded)
         await self._warm_up(model)
         self.loaded[model_id] = model
@@ -140,13 +156,17 @@ class Transcriber:
             return
         seconds = self.settings.vad.max_segment_s if self.device.startswith("cuda") else 1.0
         silence = [np.zeros(int(seconds * 16000), np.float32)] * size
-        await asyncio.get_running_loop().run_in_executor(self._executor, model.recognizer.transcribe, silence)
+        await asyncio.wrap_future(self._queue.submit(CONTROL, model.recognizer.transcribe, silence))
         model.warmed_batch = size
 
-    async def transcribe(self, audio: np.ndarray, start: int = 0, end: int | None = None) -> SegmentTokens:
+    async def transcribe(self, audio: np.ndarray, start: int = 0, end: int | None = None,
+                         priority: str = "file") -> SegmentTokens:
         """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used) by the model
-        the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default)."""
+        the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default). ``priority``
+        (``final``, ``partial``, ``file``, ``job``) picks the batch queue: the model takes the most urgent first."""
         model_id = serve.get_multiplexed_model_id() or self.default_model
+        if priority not in PRIORITIES:
+            raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}.", code="invalid_priority")
         if model_id not in self.specs:
             raise NotFound(f"The model {model_id!r} is not served here; served models: {', '.join(self.specs)}.",
                            code="model_not_found")
@@ -156,31 +176,58 @@ class Transcriber:
         if not 0 <= start < end <= len(audio):
             raise InvalidRequest(f"Segment [{start}, {end}) is outside the audio (0..{len(audio)}).",
                                  code="invalid_segment")
-        result = await self._transcribe_batch(audio[start:end], model_id, time.perf_counter())
+        arrival = Arrival(time.perf_counter(), self._queue.started_below(PRIORITIES[priority]))
+        result = await self._batchers[priority](audio[start:end], model_id, arrival)
         if isinstance(result, ItemFailure):
             raise result.error
         return result
 
-    # The design's batching; reconfigure() applies the user_config's values before the replica takes traffic.
+    # The design's batching, one queue per priority; reconfigure() applies the user_config's values to each before
+    # the replica takes traffic.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
                  batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _transcribe_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list[float]
-                                ) -> list[SegmentTokens | ItemFailure]:
+    async def _final_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
+                           ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch("final", segments, model_ids, arrivals)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
+    async def _partial_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
+                             ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch("partial", segments, model_ids, arrivals)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
+    async def _file_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
+                          ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch("file", segments, model_ids, arrivals)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
+    async def _job_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
+                         ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch("job", segments, model_ids, arrivals)
+
+    async def _transcribe_batch(self, priority: str, segments: list[np.ndarray], model_ids: list[str],
+                                arrivals: list["Arrival"]) -> list[SegmentTokens | ItemFailure]:
         """One Serve batch; each model's segments in it are one model call (a batch never mixes models)."""
         now = time.perf_counter()
-        for arrived in arrivals:  # one batch runs at a time: its start is when the queue wait ends
-            self._stages.observe("queue", now - arrived)
+        for arrival in arrivals:  # one batch of a queue runs at a time: its start is when the queue wait ends
+            self._stages.observe("queue", now - arrival.at)
         self.batches += 1
         self.items += len(segments)
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
         results: list[SegmentTokens | ItemFailure | None] = [None] * len(segments)
         for model_id in dict.fromkeys(model_ids):
             rows = [i for i, m in enumerate(model_ids) if m == model_id]
-            for i, result in zip(rows, await self._run_model(model_id, [segments[i] for i in rows])):
+            outcome = await self._run_model(model_id, [segments[i] for i in rows], priority,
+                                            [arrivals[i] for i in rows])
+            for i, result in zip(rows, outcome):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    async def _run_model(self, model_id: str, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+    async def _run_model(self, model_id: str, segments: list[np.ndarray], priority: str = "file",
+                         arrivals: list["Arrival"] | None = None) -> list[SegmentTokens | ItemFailure]:
         try:
             recognizer = (await self._model(model_id)).recognizer
         except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded fails its requests, clearly
@@ -193,10 +240,14 @@ class Transcriber:
         self._audio_seconds.inc(sum(len(s) for s in segments) / 16000, tags={"model": model_id})
         if padding := recognizer.padding_samples([len(s) for s in segments]):
             self._padding_seconds.inc(padding / 16000, tags={"model": model_id})
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_batch, recognizer, segments)
+        return await asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer,
+                                                            segments, priority, arrivals or []))
 
-    def _run_batch(self, recognizer, segments: list[np.ndarray]) -> list[SegmentTokens | ItemFailure]:
+    def _run_batch(self, recognizer, segments: list[np.ndarray], priority: str = "file",
+                   arrivals: list["Arrival"] = ()) -> list[SegmentTokens | ItemFailure]:
+        if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
+            below = self._queue.started_below(PRIORITIES[priority])
+            self.live_waits.extend(below - arrival.bulk_started for arrival in arrivals)
         started = time.perf_counter()
         try:
             return run_isolated(recognizer.transcribe, segments)
@@ -212,7 +263,8 @@ class Transcriber:
                  "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
                  "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),
-                 "evictions": self.evictions}
+                 "evictions": self.evictions, "live_waits": list(self.live_waits),
+                 "calls_started": {level: count for level, count in self._queue.started.items()}}
         if self.device.startswith("cuda"):
             import torch
 

@@ -1,14 +1,25 @@
 """One live stream: audio pieces in, ``partial`` / ``final`` events out, in order (Ray-free; the Ingress wires it).
 
 VAD runs on the Segmenter replicas (``live_vad.py``): each step sends the new audio with the stream's VAD state and
-gets back the final speech segments. Here the segments are joined into utterances (pauses shorter than
-``end_of_utterance_ms`` keep talking in one utterance, as the offline path merges segments), each utterance's audio
-is sent to the model, and partials of the open utterance are requested every ``partial_interval_ms`` of audio.
+gets back the final speech segments, the speech that just ended (not final yet) and whether someone is speaking.
+Here they are joined into utterances (turns) by the stream's ``TurnRules``:
+
+- a turn ends when no speech has started for ``end_of_utterance_ms`` after the end of its last speech (counted from
+  where the speech itself ended, not from its padded end); shorter pauses keep its segments in one final;
+- **first pass**: the moment speech stops, the open turn is sent to the model, so when the pause rule (or the
+  client's ``finalize``) then ends the turn its final is ready, or nearly; if speech resumes first, the first pass
+  is dropped (cancelled if still queued). A final always covers exactly the audio it would without the first pass:
+  a first pass is used only for the very span the final covers;
+- ``finalize`` (a client's end of turn) ends the open turn at once: its final is sent, the stream goes on, and
+  audio before the turn's end is never part of a later turn;
+- partials of the open turn every ``partial_interval_ms`` of audio, each transcribing a window of bounded length
+  (``PartialText``), so their cost does not grow with the turn.
 
 Three cooperating tasks per stream, all cancelled together when the consumer stops (client gone):
-- the reader pulls audio from the transport into a small queue (when it is full, reading stops: TCP backpressure);
-- the segmenter takes everything queued at once (so fast senders make big VAD steps), runs a VAD step and issues a
-  transcription per finished utterance (and per due partial) without waiting for it;
+- the reader pulls audio and control messages from the transport into a small queue (when it is full, reading
+  stops: TCP backpressure);
+- the segmenter takes everything queued at once (so fast senders make big VAD steps), runs the VAD steps and
+  issues transcriptions (finals, first passes, partials) without waiting for them;
 - the consumer (this generator) awaits those in the order they were issued and yields the events.
 """
 
@@ -16,96 +27,238 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Literal
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Literal, Union
 
 import numpy as np
 
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
-from .protocol import FinalEvent, LiveEvent, PartialEvent, SpeechStarted, SpeechStopped
+from .protocol import FinalEvent, LiveEvent, NothingToFinalize, PartialEvent, SpeechStarted, SpeechStopped
 from .schemas import Segment, SegmentTokens, SpeechSegment, Word, token_logprobs
-from .settings import StreamSettings, VadSettings
+from .settings import StreamSettings, TurnRules, VadSettings
+from .timestamps import segment_words
 
+Priority = Literal["final", "partial"]
 VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
-Transcribe = Callable[[np.ndarray], Awaitable[SegmentTokens]]
+Transcribe = Callable[[np.ndarray, Priority], Awaitable[SegmentTokens]]
 Align = Callable[[list[tuple[SegmentTokens, float, float]], float], Awaitable[tuple[list[Word], list[Segment]]]]
 _END = object()
 
 
+@dataclass(frozen=True)
+class Finalize:
+    """The client ended the turn (``{"type": "finalize"}``, a Realtime commit, Deepgram's ``Finalize``)."""
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """New turn rules for the stream, from the next step on (the open turn included)."""
+
+    rules: TurnRules
+
+
+Control = Union[Finalize, Reconfigure]
+
+
 @dataclass
 class Utterance:
-    """What the joiner decided: an utterance (turn) began, a partial of the open one is due, or one is final."""
+    """What the joiner decided about a turn: it began, a partial or a first pass of it is due, it is final, or
+    (``nothing``) a finalize found no turn open."""
 
     id: int
     start: int  # samples from the start of the stream (16 kHz)
     end: int
-    kind: Literal["start", "partial", "final"]
+    kind: Literal["start", "partial", "first_pass", "final", "nothing"]
+    from_finalize: bool = False
 
     @property
     def final(self) -> bool:
         return self.kind == "final"
 
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.end
+
+
+@dataclass
+class _Piece:
+    """Audio of a turn: its padded span and where its speech itself began and ended (pauses count from there)."""
+
+    start: int
+    end: int
+    speech_start: int
+    speech_end: int
+
+    def joined(self, later: "_Piece") -> "_Piece":
+        return _Piece(self.start, max(self.end, later.end), self.speech_start, later.speech_end)
+
 
 class UtteranceJoiner:
-    """Final VAD segments -> utterances; says when a partial of the open utterance is due."""
+    """VAD steps -> turns (``Utterance`` decisions), by the stream's ``TurnRules``. Pure: no I/O, no clock."""
 
-    def __init__(self, stream: StreamSettings, vad: VadSettings, partials: bool):
-        self.end_gap = int(stream.end_of_utterance_ms * SAMPLE_RATE / 1000)
+    def __init__(self, rules: TurnRules, vad: VadSettings, partials: bool, first_pass: bool = True):
         self.max_length = int(vad.max_segment_s * SAMPLE_RATE)
         self.min_speech = int(vad.min_speech_duration_ms * SAMPLE_RATE / 1000)
-        self.partial_every = int(stream.partial_interval_ms * SAMPLE_RATE / 1000) if partials else 0
-        self.pending: SpeechSegment | None = None  # final segments not yet sent as an utterance
-        self.turn_open = False  # an utterance has begun (its "start" was announced) and is not final yet
+        self.pad = int(vad.speech_pad_ms * SAMPLE_RATE / 1000)
+        self.partials = partials
+        self.first_pass = first_pass
+        self.configure(rules)
+        self.pending: _Piece | None = None  # final segments of the open turn, joined
+        self.cut = 0  # audio before this sample belongs to turns already final
+        self.turn_start: int | None = None  # the open turn's start, once announced
         self.next_id = 0
         self.last_partial_at = 0
+        self.drafted: tuple[int, int] | None = None  # the span of the open turn's first pass
 
-    def update(self, step: LiveVadStep) -> list[Utterance]:
+    def configure(self, rules: TurnRules) -> None:
+        self.end_gap = int(rules.end_of_utterance_ms * SAMPLE_RATE / 1000)
+        self.partial_every = int(rules.partial_interval_ms * SAMPLE_RATE / 1000) if self.partials else 0
+
+    def update(self, step: LiveVadStep, draft: bool = True) -> list[Utterance]:
+        """The decisions a VAD step brings, in order. ``draft``: a first pass may be issued now (the caller says no
+        while more audio is already waiting: the turn's end will be known before a first pass could help)."""
         out: list[Utterance] = []
-        for segment in step.segments:
-            pending = self.pending
-            if pending is not None and (segment.start - pending.end >= self.end_gap
-                                        or segment.end - pending.start > self.max_length):
-                out.append(self._final(step.position))
-                pending = None
-            if pending is None:
-                self._start(segment.start, out)
-            self.pending = segment if pending is None else SpeechSegment(start=pending.start, end=segment.end)
-        # the utterance is over when no later segment can start within end_of_utterance_ms of its end
-        if self.pending is not None and (step.open_from is None or step.open_from - self.pending.end >= self.end_gap):
-            out.append(self._final(step.position))
-        if step.speech_open and step.open_from is not None:
-            self._start(step.open_from, out)
-        partial = self._partial(step)
+        for segment, speech in zip(step.segments, step.speech):
+            piece = self._clipped(segment, speech)
+            if piece is not None:
+                self._add(piece, out)
+        waiting = self._clipped(step.tentative, step.tentative_speech)
+        if waiting is not None and self.pending is not None and self._ends_turn(waiting):
+            self._close(self.pending, out)
+        candidate = self._with(waiting)
+        if step.open_from is None:  # the stream is over: whatever is open is final
+            if candidate is not None:
+                self._close(candidate, out)
+            return out
+        speaking_from = None if step.speaking_from is None else max(step.speaking_from, self.cut)
+        if speaking_from is not None:
+            self.drafted = None  # speech resumed: a first pass no longer covers the turn
+            if candidate is not None and speaking_from - candidate.speech_end >= self.end_gap:
+                self._close(candidate, out)
+                candidate = None
+            self._start(max(self.cut, speaking_from - self.pad) if candidate is None else candidate.start, out)
+        elif candidate is not None and step.position >= candidate.end:
+            if step.position - candidate.speech_end >= max(self.end_gap, 1):
+                self._close(candidate, out)
+                candidate = None
+            elif self.first_pass and draft and self.drafted != (candidate.start, candidate.end):
+                self.drafted = (candidate.start, candidate.end)
+                out.append(Utterance(self.next_id, candidate.start, candidate.end, "first_pass"))
+        if candidate is not None:
+            self._start(candidate.start, out)
+        partial = self._partial(step, speaking_from)
         return out + ([partial] if partial else [])
 
-    def _start(self, sample: int, out: list[Utterance]) -> None:
-        if not self.turn_open:
-            self.turn_open = True
-            out.append(Utterance(self.next_id, sample, sample, "start"))
+    def finalize(self, step: LiveVadStep) -> list[Utterance]:
+        """The client ends the turn now (after ``step``, which read all its audio so far): the open turn is final
+        up to where its speech (and padding) ends, or up to the last sample received while someone speaks."""
+        out: list[Utterance] = []
+        candidate = self._with(self._clipped(step.tentative, step.tentative_speech))
+        if step.speaking_from is not None:
+            start = self.turn_start if self.turn_start is not None else max(self.cut, step.speaking_from - self.pad)
+            candidate = _Piece(start, step.received, start, step.received)
+        if candidate is None or min(candidate.end, step.received) <= candidate.start:
+            return [Utterance(self.next_id, self.cut, self.cut, "nothing", from_finalize=True)]
+        candidate.end = min(candidate.end, step.received)
+        self._close(candidate, out, from_finalize=True)
+        return out
 
     def keep_from(self, step: LiveVadStep) -> int:
         """Audio before this sample is never transcribed again."""
-        marks = [m for m in (self.pending.start if self.pending else None, step.open_from) if m is not None]
-        return min(marks, default=step.position)
+        marks = [m for m in (self.turn_start, self.pending.start if self.pending else None,
+                             step.tentative.start if step.tentative else None, step.open_from,
+                             None if step.speaking_from is None else step.speaking_from - self.pad)
+                 if m is not None]
+        return max(self.cut, min(marks, default=step.position))
 
-    def _partial(self, step: LiveVadStep) -> Utterance | None:
-        if not (self.partial_every and step.speech_open and step.open_from is not None
-                and step.position - self.last_partial_at >= self.partial_every):
+    # ------------------------------------------------------------------ internals
+
+    def _clipped(self, segment: SpeechSegment | None, speech: tuple[int, int] | None) -> _Piece | None:
+        """A segment without the audio of turns already final (None when nothing is left)."""
+        if segment is None or speech is None or segment.end <= self.cut:
             return None
-        start = self.pending.start if self.pending else step.open_from
-        if step.position - start < self.min_speech:
+        return _Piece(max(segment.start, self.cut), segment.end, max(speech[0], self.cut), max(speech[1], self.cut))
+
+    def _ends_turn(self, later: _Piece) -> bool:
+        """``later`` speech comes after a turn-ending pause, or would make the open turn too long."""
+        pending = self.pending
+        return later.speech_start - pending.speech_end >= self.end_gap or later.end - pending.start > self.max_length
+
+    def _add(self, piece: _Piece, out: list[Utterance]) -> None:
+        if self.pending is not None and self._ends_turn(piece):
+            self._close(self.pending, out)
+        self._start(piece.start, out)
+        self.pending = piece if self.pending is None else self.pending.joined(piece)
+
+    def _with(self, waiting: _Piece | None) -> _Piece | None:
+        """The open turn: its final segments and the speech that just ended."""
+        if waiting is None:
+            return self.pending
+        return waiting if self.pending is None else self.pending.joined(waiting)
+
+    def _start(self, sample: int, out: list[Utterance]) -> None:
+        if self.turn_start is None:
+            self.turn_start = sample
+            self.last_partial_at = max(self.last_partial_at, sample)
+            out.append(Utterance(self.next_id, sample, sample, "start"))
+
+    def _close(self, piece: _Piece, out: list[Utterance], from_finalize: bool = False) -> None:
+        self._start(piece.start, out)
+        out.append(Utterance(self.next_id, piece.start, piece.end, "final", from_finalize=from_finalize))
+        self.pending = None
+        self.turn_start = None
+        self.drafted = None
+        self.cut = max(self.cut, piece.end)
+        self.next_id += 1
+        self.last_partial_at = max(self.last_partial_at, piece.end)
+
+    def _partial(self, step: LiveVadStep, speaking_from: int | None) -> Utterance | None:
+        if not (self.partial_every and speaking_from is not None and self.turn_start is not None
+                and step.position - self.last_partial_at >= self.partial_every
+                and step.position - self.turn_start >= self.min_speech):
             return None
         self.last_partial_at = step.position
-        return Utterance(self.next_id, start, step.position, "partial")
+        return Utterance(self.next_id, self.turn_start, step.position, "partial")
 
-    def _final(self, position: int) -> Utterance:
-        utterance = Utterance(self.next_id, self.pending.start, self.pending.end, "final")
-        self.pending = None
-        self.turn_open = False
-        self.next_id += 1
-        self.last_partial_at = position
-        return utterance
+
+class PartialText:
+    """An open turn's partial text, each partial from a window of bounded length (so a partial of a 30-second turn
+    costs what one of a 4-second turn does).
+
+    A word is *committed* once it ended at least ``RIGHT_S`` before the end of the window it was heard in (it had
+    right context); a partial transcribes from ``LEFT_S`` before the committed words' end (left context) to now,
+    and adds the words whose middle lies after that end. NeMo's buffered streaming does the same with fixed left /
+    chunk / right buffers and merges token sequences; TDT's token times let us merge by time instead."""
+
+    LEFT_S = 1.0
+    RIGHT_S = 1.0
+    LONGEST_S = 6.0  # a window is never longer (a turn where no word could be committed yet)
+
+    def __init__(self, start: int):
+        self.start = start
+        self.words: list[str] = []
+        self.until = start  # the committed words end here
+
+    def window(self, position: int) -> int:
+        """Where the partial at ``position`` begins."""
+        begin = max(self.start, self.until - int(self.LEFT_S * SAMPLE_RATE))
+        return max(begin, position - int(self.LONGEST_S * SAMPLE_RATE))
+
+    def text(self, begin: int, position: int, tokens: SegmentTokens) -> str:
+        """The partial for the window ``[begin, position)``, transcribed as ``tokens``; commits what is settled."""
+        fresh = []
+        for word in segment_words(tokens):
+            start, end = begin + word.start * SAMPLE_RATE, begin + word.end * SAMPLE_RATE
+            if (start + end) / 2 >= self.until:
+                fresh.append((word.text, end))
+        settled = position - self.RIGHT_S * SAMPLE_RATE
+        while fresh and fresh[0][1] <= settled:
+            text, end = fresh.pop(0)
+            self.words.append(text)
+            self.until = int(end)
+        return " ".join(self.words + [text for text, _ in fresh])
 
 
 class AudioWindow:
@@ -135,18 +288,58 @@ def _pieces(samples: np.ndarray, most: int, ended: bool) -> list[tuple[np.ndarra
     return [(samples[start:start + most], ended and start == starts[-1]) for start in starts]
 
 
-async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, transcribe: Transcribe,
+def _runs(items: list) -> list[tuple[list[np.ndarray], Control | None]]:
+    """Queued items as (audio before a control, the control) in arrival order; the last run's control may be None."""
+    runs: list[tuple[list[np.ndarray], Control | None]] = [([], None)]
+    for item in items:
+        if isinstance(item, np.ndarray):
+            runs[-1][0].append(item)
+        elif isinstance(item, (Finalize, Reconfigure)):
+            runs[-1] = (runs[-1][0], item)
+            runs.append(([], None))
+    return runs
+
+
+@dataclass
+class _Drafts:
+    """The first pass of the open turn: its span and the transcription in flight."""
+
+    span: tuple[int, int] | None = None
+    tokens: asyncio.Future | None = None
+    used: int = field(default=0)  # finals that came from a first pass (tests, the benchmark)
+
+    def drop(self) -> None:
+        if self.tokens is not None and not self.tokens.done():
+            self.tokens.cancel()
+        self.span, self.tokens = None, None
+
+    def take(self, span: tuple[int, int]) -> asyncio.Future | None:
+        if self.span == span and self.tokens is not None:
+            tokens, self.span, self.tokens = self.tokens, None, None
+            self.used += 1
+            return tokens
+        self.drop()
+        return None
+
+
+async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: VadStep, transcribe: Transcribe,
                       align: Align | None, stream: StreamSettings, vad: VadSettings, partials: bool = True,
-                      turns: bool = False, logprobs: bool = False) -> AsyncIterator[LiveEvent]:
-    """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32), in order; with ``turns`` also
-    ``speech_started`` when an utterance begins and ``speech_stopped`` as soon as it is known to be over (before
-    its transcription); with ``logprobs`` each token's log-probability in partials and finals."""
+                      turns: bool = False, logprobs: bool = False, rules: TurnRules | None = None
+                      ) -> AsyncIterator[LiveEvent]:
+    """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32, with ``Finalize`` / ``Reconfigure``
+    controls in between), in order; with ``turns`` also ``speech_started`` when a turn begins and
+    ``speech_stopped`` as soon as it is known to be over (before its transcription); with ``logprobs`` each token's
+    log-probability in partials and finals. ``rules``: the stream's own turn rules (default: ``stream``'s)."""
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
-    joiner = UtteranceJoiner(stream, vad, partials)
-    step_samples = min(joiner.partial_every or vad.frames_per_call * 512, vad.frames_per_call * 512)
+    rules = rules or stream.turn_rules
+    joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass)
+    step_samples = vad.frames_per_call * 512
     audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []
+    partial_texts: dict[int, PartialText] = {}
+    drafts = _Drafts()
+    wall = {"partial": 0.0}
 
     async def read() -> None:
         try:
@@ -157,17 +350,23 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
             return
         await incoming.put(_END)
 
-    async def event_for(utterance: Utterance, samples: np.ndarray) -> LiveEvent | None:
-        tokens = await transcribe(samples)
-        scores = token_logprobs(tokens) if logprobs else None
-        if not utterance.final:
-            return PartialEvent(id=utterance.id, text=tokens.text, logprobs=scores) if tokens.text else None
+    async def final_event(utterance: Utterance, tokens_due: Awaitable[SegmentTokens]) -> LiveEvent:
+        tokens = await tokens_due
         start, end = utterance.start / SAMPLE_RATE, utterance.end / SAMPLE_RATE
         event = FinalEvent(id=utterance.id, text=tokens.text, start=round(start, 3), end=round(end, 3),
-                           logprobs=scores)
+                           logprobs=token_logprobs(tokens) if logprobs else None,
+                           from_finalize=True if utterance.from_finalize else None)
         if align is not None:
             event.words, _ = await align([(tokens, start, end)], end)
         return event
+
+    async def partial_event(utterance: Utterance) -> LiveEvent | None:
+        text = partial_texts.setdefault(utterance.id, PartialText(utterance.start))
+        begin = text.window(utterance.end)
+        tokens = await transcribe(audio.cut(begin, utterance.end), "partial")
+        shown = text.text(begin, utterance.end, tokens)
+        scores = token_logprobs(tokens) if logprobs else None
+        return PartialEvent(id=utterance.id, text=shown, logprobs=scores) if shown else None
 
     async def announce(event: LiveEvent) -> None:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -179,37 +378,62 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
             if utterance.kind == "start":
                 if turns:
                     await announce(SpeechStarted(id=utterance.id, start=round(utterance.start / SAMPLE_RATE, 3)))
-                continue
-            if utterance.final and turns:
-                await announce(SpeechStopped(id=utterance.id, end=round(utterance.end / SAMPLE_RATE, 3)))
-            if not utterance.final:
+            elif utterance.kind == "nothing":
+                await announce(NothingToFinalize())
+            elif utterance.kind == "first_pass":
+                drafts.drop()
+                drafts.span = utterance.span
+                drafts.tokens = asyncio.ensure_future(transcribe(audio.cut(*utterance.span), "final"))
+            elif utterance.final:
+                if turns:
+                    await announce(SpeechStopped(id=utterance.id, end=round(utterance.end / SAMPLE_RATE, 3)))
+                partial_texts.pop(utterance.id, None)
+                tokens = drafts.take(utterance.span) or transcribe(audio.cut(*utterance.span), "final")
+                await results.put(asyncio.ensure_future(final_event(utterance, tokens)))
+            else:  # a partial: one at a time, and no more often than every partial interval of wall-clock time
+                # either (a client sending faster than real time gets fewer partials, not a model busy with stale
+                # previews)
                 if partial_in_flight and not partial_in_flight[0].done():
-                    continue  # one partial at a time: a slow model gets fewer, fresher partials
-                partial_in_flight.clear()
-            future = asyncio.ensure_future(event_for(utterance, audio.cut(utterance.start, utterance.end)))
-            if not utterance.final:
-                partial_in_flight.append(future)
-            await results.put(future)
+                    continue
+                now = time.monotonic()
+                if now - wall["partial"] < joiner.partial_every / SAMPLE_RATE / 2:
+                    continue
+                wall["partial"] = now
+                partial_in_flight[:] = [asyncio.ensure_future(partial_event(utterance))]
+                await results.put(partial_in_flight[0])
+        if drafts.span is not None and joiner.drafted != drafts.span:
+            drafts.drop()  # speech resumed (or the turn changed) before the first pass was used
 
     async def segment() -> None:
         state = LiveVadState.new(vad)
+        step: LiveVadStep | None = None
         try:
             ended = False
             while not ended:
-                pieces = [await incoming.get()]
+                items = [await incoming.get()]
                 while not incoming.empty():
-                    pieces.append(incoming.get_nowait())
-                if any(isinstance(p, BaseException) for p in pieces):
-                    raise next(p for p in pieces if isinstance(p, BaseException))
-                ended = any(p is _END for p in pieces)
-                new = [p for p in pieces if isinstance(p, np.ndarray) and p.size]
-                joined = np.concatenate(new) if new else np.zeros(0, np.float32)
-                audio.append(joined)
-                for piece, last in _pieces(joined, step_samples, ended):
-                    step = await vad_step(state, piece, last)
-                    state = step.state
-                    await issue(joiner.update(step))
-                    audio.drop_before(joiner.keep_from(step))
+                    items.append(incoming.get_nowait())
+                if any(isinstance(p, BaseException) for p in items):
+                    raise next(p for p in items if isinstance(p, BaseException))
+                ended = any(p is _END for p in items)
+                runs = _runs([p for p in items if p is not _END])
+                for number, (arrays, control) in enumerate(runs):
+                    new = [a for a in arrays if a.size]
+                    joined = np.concatenate(new) if new else np.zeros(0, np.float32)
+                    audio.append(joined)
+                    last_run = number == len(runs) - 1
+                    if joined.size or (ended and last_run) or step is None and control is not None:
+                        pieces = _pieces(joined, step_samples, ended and last_run)
+                        for index, (piece, last) in enumerate(pieces):
+                            step = await vad_step(state, piece, last)
+                            state = step.state
+                            at_edge = last_run and index == len(pieces) - 1 and incoming.empty()
+                            await issue(joiner.update(step, draft=at_edge))
+                            audio.drop_before(joiner.keep_from(step))
+                    if isinstance(control, Finalize):
+                        await issue(joiner.finalize(step))
+                    elif isinstance(control, Reconfigure):
+                        joiner.configure(control.rules)
             await results.put(_END)
         except BaseException as exc:  # noqa: BLE001
             await results.put(exc)
@@ -228,6 +452,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray], vad_step: VadStep, tran
     finally:
         for task in tasks:
             task.cancel()
+        drafts.drop()
         while not results.empty():
             item = results.get_nowait()
             if isinstance(item, asyncio.Future):

@@ -39,7 +39,7 @@ class LiveVadState:
     def new(cls, settings: VadSettings) -> "LiveVadState":
         # Live streams join segments into utterances on their own pause rule (``stream.end_of_utterance_ms``), so
         # the timeline hands each padded segment out as soon as it is final instead of merging.
-        return cls(timeline=SpeechTimeline(settings.model_copy(update={"merge_up_to_s": 0.0})))
+        return cls(timeline=SpeechTimeline(settings.model_copy(update={"merge_up_to_s": 0.0}), keep_speech=True))
 
 
 @dataclass
@@ -51,6 +51,13 @@ class LiveVadStep:
     open_from: int | None  # no segment handed out later starts before this sample (None: the stream is over)
     speech_open: bool  # speech has begun that is not in ``segments`` yet
     position: int  # samples VAD has read
+    speech: list[tuple[int, int]] = field(default_factory=list)  # each segment's raw speech (start, end): pauses
+    # the speech that ended last and is not in ``segments`` yet, padded as it will be if nothing follows within
+    # two pads, and its raw (start, end) (None while speech goes on)
+    tentative: SpeechSegment | None = None
+    tentative_speech: tuple[int, int] | None = None
+    speaking_from: int | None = None  # raw start of the speech going on now (None: silence)
+    received: int = 0  # samples of the stream so far (VAD has read all but the last partial window)
 
 
 class LiveVad:
@@ -100,6 +107,10 @@ class LiveVad:
         segments = timeline.push(probabilities.tolist())
         if last:
             segments += timeline.finish(state.received)
+        speech, timeline.settled_speech = timeline.settled_speech, []
+        waiting = timeline.tentative()
         return LiveVadStep(state=state, segments=segments, open_from=timeline.open_from(),
                            speech_open=timeline.speech_open(),
-                           position=state.received if last else timeline.windows * WINDOW_SAMPLES)
+                           position=state.received if last else timeline.windows * WINDOW_SAMPLES, speech=speech,
+                           tentative=waiting[0] if waiting else None, tentative_speech=waiting[1] if waiting else None,
+                           speaking_from=None if last else timeline.speech_start(), received=state.received)

@@ -18,12 +18,12 @@ from . import audio as audio_io
 from .catalog import Choice
 from .errors import ApiError, InternalError, Overloaded
 from .fan_out import Cancellable, transcribe_as_found
-from .live import live_events
+from .live import Control, live_events
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
 from .protocol import ErrorInfo, LiveEvent, SseError, SseEvent, TranscriptTextDelta, TranscriptTextDone
 from .schemas import Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word, token_logprobs
-from .settings import AppSettings, StreamSettings, VadSettings
+from .settings import AppSettings, TurnRules, VadSettings
 from .timestamps import join_text
 from .vad import whole_file
 
@@ -45,7 +45,8 @@ class Backends(Protocol):
 
     async def collect(self, call: Cancellable) -> SegmentTokens: ...
 
-    async def transcribe_samples(self, samples: np.ndarray, model: str) -> SegmentTokens: ...
+    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final") -> SegmentTokens:
+        """A live stream's audio (a final, a first pass or a partial: ``priority``) by ``model``."""
 
     async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
                     ) -> tuple[list[Word], list[Segment]]: ...
@@ -140,18 +141,18 @@ class TranscriptionPipeline:
             if not task.done():
                 task.cancel()
 
-    def live(self, chunks: AsyncIterator[np.ndarray], *, timestamps: bool, partials: bool, model: Choice,
+    def live(self, chunks: AsyncIterator[np.ndarray | Control], *, timestamps: bool, partials: bool, model: Choice,
              turns: bool = False, logprobs: bool = False, vad: VadSettings | None = None,
-             stream: StreamSettings | None = None) -> AsyncIterator[LiveEvent]:
-        """A live stream's events: VAD on the Segmenter replicas, utterances to the model, words when asked.
-        ``vad`` / ``stream`` replace the service's settings for this stream (a Realtime session's turn detection).
+             rules: TurnRules | None = None) -> AsyncIterator[LiveEvent]:
+        """A live stream's events: VAD on the Segmenter replicas, turns to the model, words when asked. ``vad`` /
+        ``rules`` replace the service's settings for this stream (its config, a Realtime session's turn detection).
         """
-        async def transcribe(samples: np.ndarray) -> SegmentTokens:
-            return await self.backends.transcribe_samples(samples, model.model.id)
+        async def transcribe(samples: np.ndarray, priority: str) -> SegmentTokens:
+            return await self.backends.transcribe_samples(samples, model.model.id, priority)
 
         return live_events(chunks, self.backends.vad_step, transcribe,
-                           self.backends.align if timestamps else None, stream or self.settings.stream,
-                           vad or self.settings.vad, partials, turns=turns, logprobs=logprobs)
+                           self.backends.align if timestamps else None, self.settings.stream,
+                           vad or self.settings.vad, partials, turns=turns, logprobs=logprobs, rules=rules)
 
     def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool, model: Choice
                ) -> AsyncIterator[LiveEvent]:

@@ -7,15 +7,16 @@ names the field); WebSocket streams speak ``StreamConfig`` in and ``StreamEvent`
 
 from __future__ import annotations
 
-import json
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import Annotated
 
 from .errors import ApiError, InvalidRequest
 from .formats import RESPONSE_FORMATS
 from .parakeet_defaults import SAMPLE_RATE
 from .schemas import TokenLogprob, Word
+from .settings import TurnRules
 from .uploads import UploadForm
 
 GRANULARITIES = ("word", "segment")
@@ -153,6 +154,9 @@ def sse_frame(event: SseEvent) -> str:
 
 # ---------------------------------------------------------------------------------------------- live streams
 
+_TURN_FIELDS = TurnRules.model_fields
+
+
 class StreamConfig(BaseModel):
     """The optional first text message of a stream (``/v1/audio/stream``)."""
 
@@ -164,6 +168,14 @@ class StreamConfig(BaseModel):
     partials: bool = True
     model: Optional[str] = None  # a served model's id (empty: the default)
     language: Optional[str] = None
+    # this stream's turn rules (default: the service's stream.*)
+    end_of_utterance_ms: Optional[int] = Field(None, ge=0, le=10000,
+                                               description=_TURN_FIELDS["end_of_utterance_ms"].description)
+    partial_interval_ms: Optional[int] = Field(None, ge=100, le=10000,
+                                               description=_TURN_FIELDS["partial_interval_ms"].description)
+
+    def turn_rules(self, service: TurnRules) -> TurnRules:
+        return service.model_copy(update=self.model_dump(include=set(_TURN_FIELDS), exclude_none=True))
 
 
 class EndOfStream(BaseModel):
@@ -173,13 +185,32 @@ class EndOfStream(BaseModel):
 
     type: Literal["end"]
 
-    @classmethod
-    def matches(cls, text: str | None) -> bool:
-        try:
-            cls.model_validate(json.loads(text or ""))
-        except ValueError:
-            return False
-        return True
+
+class FinalizeTurn(BaseModel):
+    """End the open turn now: its ``final`` (``from_finalize: true``) is sent and the stream goes on; with no turn
+    open the answer is ``nothing_to_finalize``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["finalize"]
+
+
+class ConfigureStream(BaseModel):
+    """Change this stream's turn rules mid-stream (from the next audio on; the open turn included). A bad value
+    gets an ``error`` event naming the field, and the stream goes on with the rules it had."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["configure"]
+    end_of_utterance_ms: Optional[int] = Field(None, ge=0, le=10000)
+    partial_interval_ms: Optional[int] = Field(None, ge=100, le=10000)
+
+    def applied_to(self, rules: TurnRules) -> TurnRules:
+        return rules.model_copy(update=self.model_dump(include=set(_TURN_FIELDS), exclude_none=True))
+
+
+StreamMessage = Annotated[Union[EndOfStream, FinalizeTurn, ConfigureStream], Field(discriminator="type")]
+STREAM_MESSAGE = TypeAdapter(StreamMessage)
 
 
 class PartialEvent(BaseModel):
@@ -197,6 +228,13 @@ class FinalEvent(BaseModel):
     end: float
     words: Optional[list[Word]] = None  # only when the stream asked for timestamps
     logprobs: Optional[list[TokenLogprob]] = None  # only when asked for
+    from_finalize: Optional[bool] = None  # true on the final a client's finalize asked for
+
+
+class NothingToFinalize(BaseModel):
+    """The answer to a ``finalize`` when no turn is open (no speech since the last final)."""
+
+    type: Literal["nothing_to_finalize"] = "nothing_to_finalize"
 
 
 class SpeechStarted(BaseModel):
@@ -223,10 +261,12 @@ class StreamError(BaseModel):
     type: Literal["error"] = "error"
     message: str
     code: Optional[str] = None
+    param: Optional[str] = None  # the field a bad configure message got wrong (the stream goes on)
 
 
-StreamEvent = Union[PartialEvent, FinalEvent, DoneEvent, StreamError]
-LiveEvent = Union[PartialEvent, FinalEvent, SpeechStarted, SpeechStopped]  # what the live pipeline yields
+StreamEvent = Union[PartialEvent, FinalEvent, NothingToFinalize, DoneEvent, StreamError]
+# what the live pipeline yields
+LiveEvent = Union[PartialEvent, FinalEvent, NothingToFinalize, SpeechStarted, SpeechStopped]
 
 
 def event_dict(event: StreamEvent) -> dict:

@@ -5,7 +5,8 @@ A transcription session (``GET /v1/realtime?intent=transcription``) is the same 
 ``/v1/audio/stream``; the session's ``server_vad`` turn detection maps onto our VAD:
 ``threshold`` -> ``vad.threshold``, ``prefix_padding_ms`` -> ``vad.speech_pad_ms`` (the padding kept before and
 after speech), ``silence_duration_ms`` -> ``stream.end_of_utterance_ms`` (the pause that ends a turn). Fields a
-client leaves out keep the service's own settings; ``turn_detection: null`` means manual commits.
+client leaves out keep the service's own settings; ``turn_detection: null`` means manual commits. ``semantic_vad``
+is accepted too: our VAD is acoustic, so its ``eagerness`` maps to a pause (``SEMANTIC_PAUSE_MS``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .catalog import Choice, ModelCatalog
 from .errors import ApiError, InvalidRequest, PayloadTooLarge
 from .schemas import TokenLogprob
-from .settings import StreamSettings, VadSettings
+from .settings import TurnRules, VadSettings
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
 PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # OpenAI sends 24 kHz; others are resampled too
@@ -67,11 +68,37 @@ class ServerVad(_Strict):
     interrupt_response: Optional[bool] = None
     idle_timeout_ms: Optional[int] = None
 
+    def pause_ms(self) -> Optional[int]:
+        return self.silence_duration_ms
+
+
+# semantic_vad's eagerness as the pause that ends a turn (OpenAI: "auto" is "medium"; "low" waits longest)
+SEMANTIC_PAUSE_MS = {"high": 300, "medium": 500, "auto": 500, "low": 1000}
+
+
+class SemanticVad(_Strict):
+    """OpenAI's model-based turn detection. Accepted and mapped onto our (acoustic) VAD: the speech threshold and
+    padding stay the service's, and ``eagerness`` picks the pause (``SEMANTIC_PAUSE_MS``)."""
+
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    create_response: Optional[bool] = None
+    interrupt_response: Optional[bool] = None
+    threshold: None = None  # (read by vad_settings: semantic_vad leaves the VAD's own)
+    prefix_padding_ms: None = None
+
+    def pause_ms(self) -> Optional[int]:
+        return SEMANTIC_PAUSE_MS[self.eagerness]
+
+
+TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
+
 
 class AudioInput(_Strict):
     format: Union[PcmFormat, G711Format] = Field(default_factory=PcmFormat, discriminator="type")
     transcription: TranscriptionOptions = Field(default_factory=TranscriptionOptions)
-    turn_detection: Optional[ServerVad] = Field(default_factory=ServerVad)
+    turn_detection: Optional[Union[ServerVad, SemanticVad]] = Field(default_factory=ServerVad,
+                                                                    discriminator="type")
     noise_reduction: None = None  # not offered: null only
 
 
@@ -112,7 +139,8 @@ class TranscriptionSession(_Strict):
             session = TranscriptionSession.model_validate(merged)
         except ValidationError as exc:
             error = exc.errors()[0]
-            field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+            field = ".".join(str(part) for part in error["loc"]  # (without pydantic's union and validator tags)
+                             if not str(part).startswith("function-") and part not in TURN_DETECTION_TYPES)
             raise RealtimeError(f"Invalid session.{field}: {error['msg']}.", param=f"session.{field}") from None
         fmt = session.input.format
         if isinstance(fmt, PcmFormat) and fmt.rate not in PCM_RATES:
@@ -145,23 +173,34 @@ class TranscriptionSession(_Strict):
             update["speech_pad_ms"] = turn.prefix_padding_ms
         return base.model_copy(update=update)
 
-    def stream_settings(self, base: StreamSettings) -> StreamSettings:
+    def turn_rules(self, base: TurnRules) -> TurnRules:
         turn = self.input.turn_detection
-        if turn is None or turn.silence_duration_ms is None:
+        if turn is None or turn.pause_ms() is None:
             return base
-        return base.model_copy(update={"end_of_utterance_ms": turn.silence_duration_ms})
+        return base.model_copy(update={"end_of_utterance_ms": turn.pause_ms()})
 
-    def describe(self, vad: VadSettings, stream: StreamSettings, model: Choice) -> dict:
+    def pipeline_key(self) -> dict:
+        """What the live pipeline is built from: a change to anything else (the turn rules) applies to a running
+        turn without ending it."""
+        key = self.model_dump()
+        turn = self.input.turn_detection
+        key["audio"]["input"]["turn_detection"] = None if turn is None else (turn.threshold, turn.prefix_padding_ms)
+        return key
+
+    def describe(self, vad: VadSettings, rules: TurnRules, model: Choice) -> dict:
         """The session object of ``session.created`` / ``session.updated``: every value in force."""
         body = self.model_dump(exclude_none=True)
         body["object"] = "realtime.transcription_session"
         body["audio"]["input"]["noise_reduction"] = None
         body["audio"]["input"]["transcription"]["model"] = model.model.id
         body["audio"]["input"]["transcription"]["language"] = model.language
-        if self.server_vad:
+        turn = self.input.turn_detection
+        if isinstance(turn, SemanticVad):
+            body["audio"]["input"]["turn_detection"] = {"type": "semantic_vad", "eagerness": turn.eagerness}
+        elif self.server_vad:
             body["audio"]["input"]["turn_detection"] = {
                 "type": "server_vad", "threshold": vad.threshold, "prefix_padding_ms": vad.speech_pad_ms,
-                "silence_duration_ms": stream.end_of_utterance_ms}
+                "silence_duration_ms": rules.end_of_utterance_ms}
         else:
             body["audio"]["input"]["turn_detection"] = None
         return body
@@ -171,7 +210,10 @@ def _merge(current: dict, update: dict) -> dict:
     """OpenAI merges a session update into the session: nested objects field by field, anything else replaced."""
     merged = dict(current)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "format":
+        # a format, or a turn detection of another type, is replaced whole (its fields are the type's own)
+        replaced = key == "format" or key == "turn_detection" and isinstance(value, dict) and isinstance(
+            merged.get(key), dict) and value.get("type", merged[key].get("type")) != merged[key].get("type")
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replaced:
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value

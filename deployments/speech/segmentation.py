@@ -36,7 +36,8 @@ MIN_SILENCE_AT_MAX_SPEECH_MS = 98
 class SpeechTimeline:
     """One file's (or stream's) segments, built incrementally. Not thread-safe; one instance per audio."""
 
-    def __init__(self, settings: VadSettings):
+    def __init__(self, settings: VadSettings, keep_speech: bool = False):
+        self.keep_speech = keep_speech
         self.threshold = settings.threshold
         self.neg_threshold = settings.neg_threshold if settings.neg_threshold is not None else max(
             settings.threshold - 0.15, 0.01)
@@ -61,6 +62,9 @@ class SpeechTimeline:
         self.previous_raw: dict[str, int] | None = None
         self.merging: SpeechSegment | None = None
         self.finished = False
+        # with keep_speech, the raw speech (start, end) of each segment padded so far, in order: a live stream
+        # (merging off, so one per segment handed out) reads and clears it to count pauses from where speech ended
+        self.settled_speech: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ public
 
@@ -153,6 +157,20 @@ class SpeechTimeline:
         """Speech has begun that is not handed out yet (a live stream's open utterance)."""
         return bool(self.raw or self.merging is not None or "start" in self.current)
 
+    def speech_start(self) -> int | None:
+        """Where the speech in progress started (None: no speech is going on now)."""
+        return self.current.get("start")
+
+    def tentative(self) -> tuple[SpeechSegment, tuple[int, int]] | None:
+        """The speech that ended last and is not handed out yet, with its raw (start, end), padded as it will be if
+        nothing but the speech going on now (if any) starts within two pads of its end; None when none waits. (At
+        most one waits: a later confirmed speech settles the one before it.)"""
+        if not self.raw or self.finished:
+            return None
+        speech = self.raw[-1]
+        following = {"start": self.current["start"]} if "start" in self.current else None
+        return self._padded(speech, following, None), (speech["start"], speech["end"])
+
     def _next_speech_start(self) -> int:
         """The earliest raw speech start not padded yet: a confirmed one, the one in progress, or the next window."""
         return self.raw[0]["start"] if self.raw else self._unconfirmed_start()
@@ -168,6 +186,8 @@ class SpeechTimeline:
             speech = self.raw.pop(0)
             following = self.raw[0] if self.raw else None
             padded = self._padded(speech, following, end_of_audio)
+            if self.keep_speech:
+                self.settled_speech.append((speech["start"], speech["end"]))
             self.previous_raw = speech
             self._merge(padded, out)
         if end_of_audio is None and self.merging is not None and self._merge_is_final():

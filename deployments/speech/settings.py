@@ -79,19 +79,40 @@ class AdmissionSettings(BaseModel):
     retry_after_s: int = Field(2, ge=1, description="the Retry-After a refused request gets")
 
 
+class TurnRules(BaseModel):
+    """When a live stream's turn ends and how often its partials come: the service's defaults (``stream.*``), a
+    stream's first message, or a mid-stream ``configure`` (Realtime: ``turn_detection``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    end_of_utterance_ms: int = Field(
+        500, ge=0, le=10000, description="a pause this long after the end of speech ends the turn (its final is "
+                                         "sent); shorter pauses keep the turn open. Counted from where speech "
+                                         "ended, not from its padded end, and never shorter than vad.speech_pad_ms "
+                                         "(the final includes that padding)")
+    partial_interval_ms: int = Field(1000, ge=100, le=10000, description="audio between partial results of the "
+                                                                          "open turn")
+
+
 class StreamSettings(BaseModel):
     """The live WebSocket streams (``/v1/audio/stream`` and the Realtime API's ``/v1/realtime``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_streams: int = Field(64, ge=1, description="concurrent streams per Ingress replica; more are refused")
-    partial_interval_ms: int = Field(1000, ge=100, description="how often a partial result is sent mid-utterance")
-    end_of_utterance_ms: int = Field(800, ge=0, description="a pause this long ends an utterance (its final is sent)"
-                                                           "; shorter pauses keep VAD segments in one utterance")
+    partial_interval_ms: int = TurnRules.model_fields["partial_interval_ms"]
+    end_of_utterance_ms: int = TurnRules.model_fields["end_of_utterance_ms"]
+    first_pass: bool = Field(True, description="transcribe the open turn as soon as speech stops, so its final is "
+                                               "ready when the pause (or the client) ends the turn; the finals are "
+                                               "the same either way")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
     max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "
                                                          "may hold before a commit")
+
+    @property
+    def turn_rules(self) -> TurnRules:
+        return TurnRules(end_of_utterance_ms=self.end_of_utterance_ms, partial_interval_ms=self.partial_interval_ms)
 
 
 class ModelSpec(BaseModel):

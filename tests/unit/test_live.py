@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from deployments.speech.live import UtteranceJoiner, live_events
+from deployments.speech.live import Finalize, PartialText, UtteranceJoiner, live_events
 from deployments.speech.live_vad import LiveVad, LiveVadState, LiveVadStep
 from deployments.speech.protocol import FinalEvent, PartialEvent
 from deployments.speech.schemas import SegmentTokens, SpeechSegment
-from deployments.speech.settings import StreamSettings, VadSettings
+from deployments.speech.settings import StreamSettings, TurnRules, VadSettings
 from deployments.speech.vad import SpeechDetector
 from tests.helpers import SAMPLE_RATE, long_recording, random_phrases
 
@@ -76,76 +76,186 @@ def test_a_segment_before_a_pause_comes_out_during_the_pause(recordings):
         assert emitted_at[(start, end)] - end <= pad + 2 * 512
 
 
-def step_with(segments, open_from, position, speech_open=False) -> LiveVadStep:
-    return LiveVadStep(state=None, segments=[SpeechSegment(start=a, end=b) for a, b in segments],
-                       open_from=open_from, speech_open=speech_open, position=position)
+S = SAMPLE_RATE
+PAD = VAD.speech_pad_ms * S // 1000
 
 
-def test_joiner_joins_short_pauses_and_ends_an_utterance_on_a_long_one():
-    joiner = UtteranceJoiner(StreamSettings(end_of_utterance_ms=500, partial_interval_ms=1000), VAD, partials=True)
-    second = SAMPLE_RATE
-    # a segment ends at 1 s; the next may start at 1.2 s: the utterance stays open (it has started)
-    out = joiner.update(step_with([(0, second)], open_from=int(1.2 * second), position=int(1.3 * second)))
-    assert [(u.id, u.start, u.kind) for u in out] == [(0, 0, "start")]
-    # a segment 0.3 s later joins it; then nothing can start before 2.6 s: it is over (pause >= 0.5 s)
-    out = joiner.update(step_with([(int(1.3 * second), 2 * second)], open_from=int(2.6 * second),
-                                  position=int(2.7 * second)))
-    assert [(u.id, u.start, u.end, u.kind) for u in out] == [(0, 0, 2 * second, "final")]
-    # a long pause between two segments in one step: two utterances, each started then finished
-    out = joiner.update(step_with([(3 * second, 4 * second), (5 * second, 6 * second)], open_from=None,
-                                  position=7 * second))
-    assert [(u.id, u.start, u.end, u.kind) for u in out] == [
-        (1, 3 * second, 3 * second, "start"), (1, 3 * second, 4 * second, "final"),
-        (2, 5 * second, 5 * second, "start"), (2, 5 * second, 6 * second, "final")]
-    # speech that has begun but is not a segment yet starts a turn at the earliest place it can start
-    out = joiner.update(step_with([], open_from=8 * second, position=int(8.5 * second), speech_open=True))
-    assert [(u.id, u.start, u.kind) for u in out if u.kind == "start"] == [(3, 8 * second, "start")]
+def step_with(segments=(), position=0, tentative=None, speaking_from=None, open_from=0) -> LiveVadStep:
+    """A VAD step: ``segments`` and ``tentative`` as raw speech (start, end), padded here as the timeline would."""
+    padded = [SpeechSegment(start=max(0, a - PAD), end=b + PAD) for a, b in segments]
+    waiting = SpeechSegment(start=max(0, tentative[0] - PAD), end=tentative[1] + PAD) if tentative else None
+    return LiveVadStep(state=None, segments=padded, speech=list(segments), open_from=open_from,
+                       speech_open=bool(tentative or speaking_from is not None), position=position,
+                       tentative=waiting, tentative_speech=tentative, speaking_from=speaking_from,
+                       received=position)
 
 
-def test_joiner_cuts_at_the_longest_utterance_and_asks_for_partials():
-    vad = VadSettings(max_segment_s=3, merge_up_to_s=0)
-    joiner = UtteranceJoiner(StreamSettings(end_of_utterance_ms=800, partial_interval_ms=1000), vad, partials=True)
-    second = SAMPLE_RATE
-    out = joiner.update(step_with([(0, 2 * second), (int(2.1 * second), int(3.5 * second))],
-                                  open_from=int(3.6 * second), position=int(3.8 * second), speech_open=True))
-    assert [(u.start, u.end, u.kind) for u in out] == [  # 3.5 s would be too long
-        (0, 0, "start"), (0, 2 * second, "final"), (int(2.1 * second), int(2.1 * second), "start")]
-    # the partial clock restarts at a final: a partial of the open utterance is due a second later
-    out = joiner.update(step_with([], open_from=int(3.6 * second), position=int(4.8 * second), speech_open=True))
-    assert [(u.id, u.start, u.end, u.kind) for u in out] == [(1, int(2.1 * second), int(4.8 * second), "partial")]
-    no_partials = UtteranceJoiner(StreamSettings(), VAD, partials=False)
-    out = no_partials.update(step_with([], open_from=0, position=5 * second, speech_open=True))
-    assert [u.kind for u in out] == ["start"]
+def kinds(out):
+    return [(u.id, u.start, u.end, u.kind) for u in out]
 
 
-def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):
-    """The event loop over real VAD steps: finals in order, one per utterance, each covering offline segments."""
+def test_the_pause_counts_from_the_end_of_speech_and_a_first_pass_comes_when_speech_stops():
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False)
+    # speech from 0.5 s is going on: the turn starts (its padded start)
+    assert kinds(joiner.update(step_with(speaking_from=S // 2, position=S))) == [(0, S // 2 - PAD, S // 2 - PAD,
+                                                                                  "start")]
+    # it stopped at 2.0 s; at 2.1 s its padding (to 2.12 s) has not all arrived: nothing yet
+    assert joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.1 * S))) == []
+    # at 2.2 s it has: a first pass of exactly the span the final will have
+    span = (S // 2 - PAD, 2 * S + PAD)
+    assert kinds(joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.2 * S)))) == [
+        (0, *span, "first_pass")]
+    assert joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.25 * S))) == [], "issued once"
+    # 300 ms after the end of speech (not of its padding) the turn is over
+    assert kinds(joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.3 * S)))) == [(0, *span, "final")]
+    # when VAD later hands the same speech out as a final segment, it is not a turn again
+    assert joiner.update(step_with(segments=[(S // 2, 2 * S)], position=int(2.4 * S))) == []
+
+
+def test_speech_that_resumes_within_the_pause_drops_the_first_pass_and_joins_the_turn():
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=500), VAD, partials=False)
+    joiner.update(step_with(speaking_from=0, position=S // 2))
+    out = joiner.update(step_with(tentative=(0, S), position=int(1.2 * S)))
+    assert [u.kind for u in out] == ["first_pass"] and joiner.drafted == (0, S + PAD)
+    # speech again at 1.3 s (a 300 ms pause < 500 ms): the first pass no longer covers the turn
+    assert joiner.update(step_with(tentative=(0, S), speaking_from=int(1.3 * S), position=int(1.4 * S))) == []
+    assert joiner.drafted is None
+    # the first speech is handed out, the second stops at 2 s and then the pause ends the turn: one final for both
+    out = joiner.update(step_with(segments=[(0, S)], tentative=(int(1.3 * S), 2 * S), position=int(2.2 * S)))
+    assert kinds(out) == [(0, 0, 2 * S + PAD, "first_pass")]
+    assert kinds(joiner.update(step_with(tentative=(int(1.3 * S), 2 * S), position=int(2.5 * S)))) == [
+        (0, 0, 2 * S + PAD, "final")]
+
+
+def test_a_long_pause_between_two_final_segments_makes_two_turns():
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=500), VAD, partials=False)
+    out = joiner.update(step_with(segments=[(S, 2 * S), (3 * S, 4 * S)], position=5 * S, open_from=5 * S))
+    assert kinds(out) == [(0, S - PAD, S - PAD, "start"), (0, S - PAD, 2 * S + PAD, "final"),
+                          (1, 3 * S - PAD, 3 * S - PAD, "start"), (1, 3 * S - PAD, 4 * S + PAD, "final")]
+    # the stream's end makes whatever is open final
+    out = joiner.update(step_with(segments=[(6 * S, 7 * S)], position=7 * S, open_from=None))
+    assert kinds(out) == [(2, 6 * S - PAD, 6 * S - PAD, "start"), (2, 6 * S - PAD, 7 * S + PAD, "final")]
+
+
+def test_finalize_mid_speech_ends_the_turn_now_and_the_rest_is_a_new_turn():
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=500), VAD, partials=False)
+    joiner.update(step_with(speaking_from=S, position=2 * S))
+    out = joiner.finalize(step_with(speaking_from=S, position=2 * S))
+    assert [(u.id, u.start, u.end, u.kind, u.from_finalize) for u in out] == [(0, S - PAD, 2 * S, "final", True)]
+    # the same speech goes on and ends at 3 s: only what came after the finalize is the next turn
+    assert kinds(joiner.update(step_with(speaking_from=S, position=int(2.5 * S)))) == [(1, 2 * S, 2 * S, "start")]
+    out = joiner.update(step_with(tentative=(S, 3 * S), position=int(3.6 * S)))
+    assert kinds(out) == [(1, 2 * S, 3 * S + PAD, "final")]
+    # nothing open: the client is told so
+    out = joiner.finalize(step_with(position=4 * S))
+    assert [(u.kind, u.from_finalize) for u in out] == [("nothing", True)]
+
+
+def test_finalize_in_the_pause_gives_the_first_pass_span_and_configure_changes_the_pause():
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=2000), VAD, partials=False)
+    joiner.update(step_with(speaking_from=0, position=S // 2))
+    first = joiner.update(step_with(tentative=(0, S), position=int(1.15 * S)))
+    out = joiner.finalize(step_with(tentative=(0, S), position=int(1.2 * S)))
+    assert [u.span for u in out if u.final] == [u.span for u in first], "the first pass is the final"
+    joiner.configure(TurnRules(end_of_utterance_ms=300))
+    joiner.update(step_with(speaking_from=2 * S, position=int(2.5 * S)))
+    assert [u.kind for u in joiner.update(step_with(tentative=(2 * S, 3 * S), position=int(3.3 * S)))] == ["final"]
+
+
+def test_partials_come_every_interval_while_someone_speaks():
+    joiner = UtteranceJoiner(TurnRules(partial_interval_ms=1000), VAD, partials=True)
+    assert [u.kind for u in joiner.update(step_with(speaking_from=0, position=S // 2))] == ["start"]
+    assert [u.kind for u in joiner.update(step_with(speaking_from=0, position=S))] == ["partial"]
+    assert joiner.update(step_with(speaking_from=0, position=int(1.5 * S))) == []
+    assert kinds(joiner.update(step_with(speaking_from=0, position=2 * S))) == [(0, 0, 2 * S, "partial")]
+    assert UtteranceJoiner(TurnRules(), VAD, partials=False).update(step_with(speaking_from=0, position=5 * S))[
+        -1].kind == "start"
+
+
+def test_a_partial_window_stays_bounded_and_its_text_keeps_the_committed_words():
+    text = PartialText(start=0)
+
+    def tokens(words, begin):  # one piece per word, each 0.4 s long from its time (relative to the window)
+        frames = [int((at - begin / S) / 0.08) for _, at in words]
+        return SegmentTokens(text=" ".join(w for w, _ in words), pieces=["\u2581" + w for w, _ in words],
+                             start_frames=frames, durations=[5] * len(words), frame_s=0.08)
+
+    spoken = [(f"w{i}", 0.1 + 0.5 * i) for i in range(60)]  # a word every 0.5 s for 30 s
+    for second in range(1, 31):
+        position = second * S
+        begin = text.window(position)
+        assert position - begin <= PartialText.LONGEST_S * S
+        heard = [(w, at) for w, at in spoken if at >= begin / S and at + 0.4 <= second]
+        shown = text.text(begin, position, tokens(heard, begin))
+        assert shown.split() == [w for w, at in spoken if at + 0.4 <= second]
+    assert position - text.window(position) <= 3.5 * S, "windows reach back ~left + right context + interval"
+
+
+def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=False):
+    """live_events over real VAD steps (an in-process Segmenter) and a fake model whose text names the span it got
+    (so spans can be compared); ``controls``: {chunk index: control sent after that chunk}."""
     live = LiveVad(VAD)
-    audio = recordings[1]
-    transcribed: list[int] = []
+    calls: list[tuple[str, int]] = []
 
     async def vad_step(state, samples, last):
         await asyncio.sleep(0)
         return live.step([(state, samples, last)])[0]
 
-    async def transcribe(samples: np.ndarray) -> SegmentTokens:
-        transcribed.append(len(samples))
-        return SegmentTokens(text=f"{len(samples)} samples")
+    async def transcribe(samples: np.ndarray, priority: str) -> SegmentTokens:
+        calls.append((priority, len(samples)))
+        await asyncio.sleep(0.001)
+        return SegmentTokens(text=f"{len(samples)} samples {float(np.abs(samples).sum()):.3f}")
 
     async def chunks():
-        for start in range(0, len(audio), 1024):
-            yield audio[start:start + 1024]
+        for index, start in enumerate(range(0, len(audio), chunk)):
+            yield audio[start:start + chunk]
+            if pace:  # let the stream catch up, as a real-time client does
+                await asyncio.sleep(0.002)
+            if controls and index in controls:
+                yield controls[index]
 
     async def run():
-        return [e async for e in live_events(chunks(), vad_step, transcribe, None, StreamSettings(), VAD)]
+        return [e async for e in live_events(chunks(), vad_step, transcribe, None, stream, VAD)]
 
-    events = asyncio.run(run())
+    return asyncio.run(run()), calls
+
+
+def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):
+    """The event loop over real VAD steps: finals in order, one per turn, each covering offline segments."""
+    audio = recordings[1]
+    events, calls = run_live(audio)
     finals = [e for e in events if isinstance(e, FinalEvent)]
     assert [e.id for e in finals] == list(range(len(finals))) and finals
-    # all the audio arrives at once, yet a partial is due every second of audio (VAD steps are capped to that)
-    assert any(isinstance(e, PartialEvent) for e in events)
     offline = offline_segments(audio)
     covered = [(s, e) for s, e in offline if any(f.start * SAMPLE_RATE - 1 <= s and e <= f.end * SAMPLE_RATE + 1
                                                  for f in finals)]
     assert covered == offline, "every offline segment lies inside one final"
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
+    # all the audio arrives at once: no first pass is worth making (the turn's end is known before it could help)
+    assert sum(priority == "final" for priority, _ in calls) == len(finals)
+
+
+def test_the_first_pass_changes_when_a_final_is_ready_not_what_it_is(recordings):
+    """Paced like a real-time client (each frame's VAD step before the next frame), with and without the first
+    pass: the same finals (span and text), and with it most finals come from their first pass."""
+    for audio in recordings[:3]:
+        with_first, calls = run_live(audio, chunk=640, pace=True)
+        without, plain_calls = run_live(audio, chunk=640, pace=True,
+                                        stream=StreamSettings(first_pass=False))
+        finals = [(e.start, e.end, e.text) for e in with_first if isinstance(e, FinalEvent)]
+        assert finals == [(e.start, e.end, e.text) for e in without if isinstance(e, FinalEvent)]
+        assert sum(p == "final" for p, _ in plain_calls) == len(finals)
+        assert sum(p == "final" for p, _ in calls) >= len(finals), "first passes were made"
+
+
+def test_finalize_through_the_event_loop(recordings):
+    """A finalize in the middle of the audio ends the open turn there; one at the very start finds nothing."""
+    audio = recordings[2]
+    events, _ = run_live(audio, chunk=1024, controls={0: Finalize(), 60: Finalize()})
+    kinds_seen = [type(e).__name__ for e in events]
+    assert kinds_seen[0] == "NothingToFinalize"
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    forced = [e for e in finals if e.from_finalize]
+    assert len(forced) + kinds_seen.count("NothingToFinalize") == 2, "each finalize gets one answer"
+    assert all(abs(e.end - 61 * 1024 / SAMPLE_RATE) < 0.2 for e in forced)
+    assert all(a.end <= b.start for a, b in zip(finals, finals[1:])), "no audio in two finals"

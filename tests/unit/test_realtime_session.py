@@ -10,7 +10,7 @@ import pytest
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import PayloadTooLarge
 from deployments.speech.realtime import RealtimeError, TranscriptionSession, TurnDeltas, decode_append
-from deployments.speech.settings import ModelSpec, StreamSettings, VadSettings
+from deployments.speech.settings import ModelSpec, TurnRules, VadSettings
 
 CATALOG = ModelCatalog([ModelSpec(id="parakeet", source="x.nemo"),
                         ModelSpec(id="multi", source="y.nemo", languages=["en", "de"])])
@@ -22,14 +22,14 @@ def test_updates_merge_and_map_onto_our_settings():
                            "silence_duration_ms": 500}}}}, CATALOG)
     # a later update of another field keeps these
     session = session.updated({"include": ["item.input_audio_transcription.logprobs"]}, CATALOG)
-    vad, stream = session.vad_settings(VadSettings()), session.stream_settings(StreamSettings())
-    assert (vad.threshold, vad.speech_pad_ms, stream.end_of_utterance_ms) == (0.6, 200, 500)
+    vad, rules = session.vad_settings(VadSettings()), session.turn_rules(TurnRules(end_of_utterance_ms=800))
+    assert (vad.threshold, vad.speech_pad_ms, rules.end_of_utterance_ms) == (0.6, 200, 500)
     assert session.logprobs and session.server_vad and session.input_rate == 24000
     # fields left out keep the service's settings; null turn detection means manual commits
     assert TranscriptionSession().vad_settings(VadSettings()) == VadSettings()
     manual = session.updated({"audio": {"input": {"turn_detection": None}}}, CATALOG)
     assert not manual.server_vad
-    described = manual.describe(VadSettings(), StreamSettings(), manual.model(CATALOG))
+    described = manual.describe(VadSettings(), TurnRules(), manual.model(CATALOG))
     assert described["audio"]["input"]["turn_detection"] is None
     assert described["audio"]["input"]["transcription"]["model"] == "parakeet"
     assert session.updated({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}, CATALOG).input_rate == 8000
@@ -37,10 +37,32 @@ def test_updates_merge_and_map_onto_our_settings():
     assert (multi.model(CATALOG).model.id, multi.model(CATALOG).language) == ("multi", "de")
 
 
+def test_semantic_vad_is_accepted_and_its_eagerness_picks_the_pause():
+    base = TurnRules(end_of_utterance_ms=800)
+    pauses = {}
+    for eagerness in ("low", "medium", "high", "auto"):
+        session = TranscriptionSession().updated({"audio": {"input": {"turn_detection": {
+            "type": "semantic_vad", "eagerness": eagerness}}}}, CATALOG)
+        assert session.server_vad and session.vad_settings(VadSettings()) == VadSettings()
+        pauses[eagerness] = session.turn_rules(base).end_of_utterance_ms
+        described = session.describe(VadSettings(), session.turn_rules(base), session.model(CATALOG))
+        assert described["audio"]["input"]["turn_detection"] == {"type": "semantic_vad", "eagerness": eagerness}
+    assert pauses["high"] < pauses["medium"] == pauses["auto"] < pauses["low"]
+    # only the pause changed: the running turn goes on (same pipeline); the threshold changes the pipeline
+    server = TranscriptionSession()
+    assert server.updated({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, CATALOG
+                          ).pipeline_key() == server.pipeline_key()
+    assert server.updated({"audio": {"input": {"turn_detection": {"silence_duration_ms": 300}}}}, CATALOG
+                          ).pipeline_key() == server.pipeline_key()
+    assert server.updated({"audio": {"input": {"turn_detection": {"threshold": 0.7}}}}, CATALOG
+                          ).pipeline_key() != server.pipeline_key()
+
+
 @pytest.mark.parametrize("update,param", [
     ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 11025}}}}, "session.audio.input.format.rate"),
     ({"audio": {"input": {"format": {"type": "audio/opus"}}}}, "session.audio.input.format"),
-    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
+    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}},
+     "session.audio.input.turn_detection.eagerness"),
     ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": -1}}}},
      "session.audio.input.turn_detection.silence_duration_ms"),
     ({"audio": {"input": {"transcription": {"language": "fr"}}}}, "session.audio.input.transcription.language"),

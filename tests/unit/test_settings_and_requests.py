@@ -2,8 +2,9 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.speech.errors import InvalidRequest
-from deployments.speech.protocol import EndOfStream, LegacyRequest, OpenAIRequest, StreamConfig
-from deployments.speech.settings import AppSettings, BatchSettings
+from deployments.speech.protocol import (STREAM_MESSAGE, EndOfStream, FinalizeTurn, LegacyRequest, OpenAIRequest,
+                                         StreamConfig)
+from deployments.speech.settings import AppSettings, BatchSettings, TurnRules
 from deployments.speech.uploads import UploadForm
 
 
@@ -57,9 +58,19 @@ def test_stream_config_and_end_message():
     for bad in ['{"sample_rate": 100}', '{"encoding": "opus"}', '{"volume": 3}']:
         with pytest.raises(ValidationError):
             StreamConfig.model_validate_json(bad)
-    assert EndOfStream.matches('{"type": "end"}')
-    assert not any(EndOfStream.matches(text) for text in ['{"type": "stop"}', "end", None, "[]",
-                                                          '{"type": "end", "x": 1}'])
+    assert StreamConfig.model_validate_json('{"end_of_utterance_ms": 300}').turn_rules(TurnRules()) == TurnRules(
+        end_of_utterance_ms=300)
+    for bad in ['{"end_of_utterance_ms": -1}', '{"partial_interval_ms": 20}']:
+        with pytest.raises(ValidationError):
+            StreamConfig.model_validate_json(bad)
+    assert isinstance(STREAM_MESSAGE.validate_json('{"type": "end"}'), EndOfStream)
+    assert isinstance(STREAM_MESSAGE.validate_json('{"type": "finalize"}'), FinalizeTurn)
+    assert STREAM_MESSAGE.validate_json('{"type": "configure", "partial_interval_ms": 500}').applied_to(
+        TurnRules()) == TurnRules(partial_interval_ms=500)
+    for text in ['{"type": "stop"}', "end", "", "[]", '{"type": "end", "x": 1}',
+                 '{"type": "configure", "end_of_utterance_ms": 20000}']:
+        with pytest.raises(ValidationError):
+            STREAM_MESSAGE.validate_json(text)
 
 
 def test_models_by_id_and_their_languages(monkeypatch):
