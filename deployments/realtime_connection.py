@@ -16,6 +16,7 @@ live pipeline as ``/v1/audio/stream`` (VAD on the Segmenter replicas, utterances
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -142,7 +143,7 @@ class RealtimeConnection(LiveSocket):
     async def _commit(self, event: dict) -> None:
         if self.session.server_vad:
             if self.run is not None:
-                await self.run.control(Finalize())
+                await self.run.commit()
             return
         minimum = int(self.settings.limits.min_audio_ms * SAMPLE_RATE / 1000)
         if self.buffered < max(minimum, 1):
@@ -235,6 +236,7 @@ class LiveRun:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=64)  # full: the receive loop waits (TCP backpressure)
         self.items: dict[int, str] = {}  # the live pipeline's utterance id -> this session's item id
         self.deltas: dict[int, TurnDeltas] = {}  # per utterance
+        self.commits: collections.deque[asyncio.Future] = collections.deque()  # commits whose turn is not out yet
         session = connection.session
         settings = connection.settings
         events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
@@ -252,9 +254,19 @@ class LiveRun:
         await self.queue.put(samples)
 
     async def control(self, control: Control) -> None:
-        """A finalize or new turn rules, in order with the audio fed so far."""
+        """New turn rules, in order with the audio fed so far."""
         if not self.task.done():
             await self.queue.put(control)
+
+    async def commit(self) -> None:
+        """End the open turn now; returns once its events (or none, with no turn open) are sent, so a commit's
+        events come before those of the client's next event, as OpenAI orders them."""
+        if self.task.done():
+            return
+        answered = asyncio.get_running_loop().create_future()
+        self.commits.append(answered)
+        await self.queue.put(Finalize())
+        await asyncio.wait({answered, self.task}, return_when=asyncio.FIRST_COMPLETED)
 
     async def finish(self, tail: np.ndarray) -> None:
         self.fed += len(tail)
@@ -280,6 +292,8 @@ class LiveRun:
                 async for event in events:
                     for out in self._translate(event):
                         await connection._send(out)
+                    if isinstance(event, NothingToFinalize) or isinstance(event, FinalEvent) and event.from_finalize:
+                        self._answered()
         except ApiError as exc:
             for item in self.items.values():
                 await connection._send(connection._failed(item, exc))
@@ -287,6 +301,16 @@ class LiveRun:
             log.exception("Realtime transcription failed")
             for item in self.items.values():
                 await connection._send(connection._failed(item, InternalError("Transcription failed.")))
+        finally:
+            while self.commits:
+                self._answered()
+
+    def _answered(self) -> None:
+        """The oldest commit's turn (or its absence) has been sent."""
+        if self.commits:
+            answered = self.commits.popleft()
+            if not answered.done():
+                answered.set_result(None)
 
     def _translate(self, event: LiveEvent) -> list[dict]:
         connection, ids = self.connection, self.connection.ids

@@ -113,7 +113,8 @@ class StreamConnection(LiveSocket):
             return "bad_config"
         rules = config.turn_rules(self.settings.stream.turn_rules)
         events = self.pipeline.live(self._audio(config, opening, rules), timestamps=config.timestamps,
-                                    partials=config.partials, model=choice, rules=rules)
+                                    partials=config.partials, model=choice, rules=rules,
+                                    first_pass=config.first_pass)
         async with contextlib.aclosing(events):
             async for event in events:
                 await self._send(event_dict(event))

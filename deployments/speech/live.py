@@ -324,16 +324,16 @@ class _Drafts:
 
 async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: VadStep, transcribe: Transcribe,
                       align: Align | None, stream: StreamSettings, vad: VadSettings, partials: bool = True,
-                      turns: bool = False, logprobs: bool = False, rules: TurnRules | None = None
-                      ) -> AsyncIterator[LiveEvent]:
+                      turns: bool = False, logprobs: bool = False, rules: TurnRules | None = None,
+                      first_pass: bool | None = None) -> AsyncIterator[LiveEvent]:
     """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32, with ``Finalize`` / ``Reconfigure``
     controls in between), in order; with ``turns`` also ``speech_started`` when a turn begins and
     ``speech_stopped`` as soon as it is known to be over (before its transcription); with ``logprobs`` each token's
-    log-probability in partials and finals. ``rules``: the stream's own turn rules (default: ``stream``'s)."""
+    log-probability in partials and finals. ``rules`` / ``first_pass``: the stream's own (default: ``stream``'s)."""
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     rules = rules or stream.turn_rules
-    joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass)
+    joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass if first_pass is None else first_pass)
     step_samples = vad.frames_per_call * 512
     audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []

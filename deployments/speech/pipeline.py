@@ -143,7 +143,7 @@ class TranscriptionPipeline:
 
     def live(self, chunks: AsyncIterator[np.ndarray | Control], *, timestamps: bool, partials: bool, model: Choice,
              turns: bool = False, logprobs: bool = False, vad: VadSettings | None = None,
-             rules: TurnRules | None = None) -> AsyncIterator[LiveEvent]:
+             rules: TurnRules | None = None, first_pass: bool | None = None) -> AsyncIterator[LiveEvent]:
         """A live stream's events: VAD on the Segmenter replicas, turns to the model, words when asked. ``vad`` /
         ``rules`` replace the service's settings for this stream (its config, a Realtime session's turn detection).
         """
@@ -152,7 +152,8 @@ class TranscriptionPipeline:
 
         return live_events(chunks, self.backends.vad_step, transcribe,
                            self.backends.align if timestamps else None, self.settings.stream,
-                           vad or self.settings.vad, partials, turns=turns, logprobs=logprobs, rules=rules)
+                           vad or self.settings.vad, partials, turns=turns, logprobs=logprobs, rules=rules,
+                           first_pass=first_pass)
 
     def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool, model: Choice
                ) -> AsyncIterator[LiveEvent]:

@@ -173,6 +173,7 @@ class StreamConfig(BaseModel):
                                                description=_TURN_FIELDS["end_of_utterance_ms"].description)
     partial_interval_ms: Optional[int] = Field(None, ge=100, le=10000,
                                                description=_TURN_FIELDS["partial_interval_ms"].description)
+    first_pass: Optional[bool] = None  # false: transcribe a turn only once it is over (default: stream.first_pass)
 
     def turn_rules(self, service: TurnRules) -> TurnRules:
         return service.model_copy(update=self.model_dump(include=set(_TURN_FIELDS), exclude_none=True))

@@ -73,12 +73,15 @@ def of_type(events, name: str) -> list:
 
 
 def offline_turns(audio: np.ndarray) -> list[tuple[float, float]]:
-    """The offline VAD's segments joined on pauses shorter than the end of an utterance (the turns)."""
-    segments = SpeechDetector(VadSettings(merge_up_to_s=0)).segments(audio)
+    """The offline VAD's segments joined on pauses shorter than the end of a turn (the turns). The pause counts from
+    the end of speech: padded segments apart have two pads of silence between them besides their gap."""
+    vad = VadSettings(merge_up_to_s=0)
+    segments = SpeechDetector(vad).segments(audio)
     gap = StreamSettings().end_of_utterance_ms * SAMPLE_RATE // 1000
+    pads = 2 * vad.speech_pad_ms * SAMPLE_RATE // 1000
     turns: list[list[int]] = []
     for s in segments:
-        if turns and s.start - turns[-1][1] < gap:
+        if turns and (s.start == turns[-1][1] or s.start - turns[-1][1] + pads < gap):
             turns[-1][1] = s.end
         else:
             turns.append([s.start, s.end])
@@ -217,3 +220,46 @@ def test_conversation_sessions_are_refused_with_a_reason(app):
 
     message, code = asyncio.run(run())
     assert message["type"] == "error" and "intent=transcription" in message["error"]["message"] and code == 1008
+
+
+def test_commit_under_server_vad_ends_the_turn_now_and_semantic_vad_sets_the_pause(app):
+    """A commit ends the open turn at once (the 2 s pause would not have), the session goes on; a commit with no
+    turn open is not an error; semantic_vad's eagerness then sets the pause without ending the session's audio."""
+    from openai import AsyncOpenAI
+
+    first = phrase_recording(["four", "nine", "one"], voice=1, tail_s=0.3)
+    second = phrase_recording(["eight", "two", "six"], voice=3, tail_s=0.3)
+    pause = np.zeros(int(0.7 * SAMPLE_RATE), np.float32)
+    third = np.concatenate([phrase_recording(["five", "zero"], voice=2, tail_s=0).audio, pause,
+                            phrase_recording(["seven", "three"], voice=2, lead_s=0).audio, pause])
+
+    async def run():
+        client = AsyncOpenAI(base_url=app.url + "/v1", api_key="unused")
+        events = []
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+            await connection.session.update(session={"type": "transcription", "audio": {"input": {
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 2000}}}})
+            await connection.input_audio_buffer.commit()  # nothing open yet: ignored
+            for audio in (first.audio, second.audio):
+                for chunk in pcm24k_chunks(audio):
+                    await connection.input_audio_buffer.append(audio=chunk)
+                await connection.input_audio_buffer.commit()
+            await connection.session.update(session={"type": "transcription", "audio": {"input": {
+                "turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}})
+            for chunk in pcm24k_chunks(third):
+                await connection.input_audio_buffer.append(audio=chunk)
+            completed = 0
+            async for event in connection:
+                events.append(event)
+                completed += event.type == "conversation.item.input_audio_transcription.completed"
+                if completed == 4 or event.type == "error":
+                    break
+        return events
+
+    events = asyncio.run(asyncio.wait_for(run(), 120))
+    assert not of_type(events, "error")
+    transcripts = [normalise(e.transcript) for e in of_type(
+        events, "conversation.item.input_audio_transcription.completed")]
+    assert transcripts == [first.text, second.text, "five zero", "seven three"]
+    updated = of_type(events, "session.updated")[-1]
+    assert updated.session.audio.input.turn_detection.type == "semantic_vad"

@@ -14,7 +14,8 @@ import websockets
 
 from deployments.speech.audio import float_to_pcm16
 from deployments.stream_client import stream_pcm
-from tests.helpers import SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases
+from tests.helpers import (SAMPLE_RATE, Recording, encode, long_recording, normalise, phrase_recording,
+                           random_phrases, word_errors)
 from tests.integration.test_fidelity import assert_own_results
 
 pytestmark = pytest.mark.integration
@@ -201,3 +202,143 @@ def test_too_many_streams_are_refused_with_a_reason(app):
 
     message, code = asyncio.run(run())
     assert message["type"] == "error" and "Too many concurrent streams" in message["message"] and code == 1013
+
+
+# ---------------------------------------------------------------------------------------------- live turns
+
+async def converse(app, audio: np.ndarray, config: dict, controls: dict[float, dict] | None = None,
+                   speed: float = 2.0, frame_s: float = 0.02) -> list[dict]:
+    """Stream ``audio`` in ``frame_s`` PCM16 frames at ``speed`` x real time; each control message is sent once the
+    audio up to its time (seconds) is sent; then ``end``. Every event, until the server closes."""
+    pending = sorted((controls or {}).items())
+    frame = int(frame_s * SAMPLE_RATE)
+    async with websockets.connect(ws_url(app), max_size=None) as ws:
+        await ws.send(json.dumps(config))
+
+        async def send() -> None:
+            for start in range(0, len(audio), frame):
+                await ws.send(float_to_pcm16(audio[start:start + frame]))
+                while pending and pending[0][0] * SAMPLE_RATE <= start + frame:
+                    await ws.send(json.dumps(pending.pop(0)[1]))
+                await asyncio.sleep(frame_s / speed)
+            for _, message in pending:
+                await ws.send(json.dumps(message))
+            await ws.send(json.dumps({"type": "end"}))
+
+        sender = asyncio.create_task(send())
+        events = []
+        try:
+            async for message in ws:
+                events.append(json.loads(message))
+        except websockets.ConnectionClosed:
+            pass
+        await sender
+        assert ws.close_code == 1000, events[-3:]
+    return events
+
+
+def offline_text(app, audio: np.ndarray, start: float, end: float) -> str:
+    """What the offline path gives for ``audio[start:end]`` (seconds)."""
+    piece = audio[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
+    return httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", encode(piece))},
+                      timeout=120).json()["text"]
+
+
+def two_phrases(gap_s: float, voice: int = 2) -> tuple[Recording, float]:
+    """Two phrases ``gap_s`` apart (no pause inside either); returns the recording and where the first ends (s)."""
+    rng = random.Random(int(gap_s * 1000) + voice)
+    recording = long_recording([random_phrases(rng, 1, 3, 4)[0], random_phrases(rng, 1, 3, 4)[0]], rng, voice=voice,
+                               phrase_gap_s=(gap_s, gap_s), word_gap_s=(0.0, 0.05), lead_s=0.4, tail_s=1.2)
+    first_end = recording.words[len(recording.phrases[0].split()) - 1][2]
+    return recording, first_end
+
+
+def test_finals_with_the_first_pass_are_the_finals_without_it(app):
+    rng = random.Random(18)
+    recording = long_recording(random_phrases(rng, 4), rng, phrase_gap_s=(0.7, 1.3), tail_s=1.0)
+    runs = [asyncio.run(converse(app, recording.audio, {"first_pass": first_pass, "partials": True}))
+            for first_pass in (True, False)]
+    with_first, without = ([(e["text"], e["start"], e["end"]) for e in finals(events)] for events in runs)
+    assert with_first == without and len(with_first) >= 3
+    assert normalise(" ".join(text for text, _, _ in with_first)) == recording.text
+
+
+def test_finalize_in_a_short_pause_ends_the_turn_and_the_stream_goes_on(app):
+    recording, first_end = two_phrases(gap_s=0.6)
+    # without it the 0.6 s pause is inside one turn (end_of_utterance_ms 1000) ...
+    joined = finals(asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 1000})))
+    assert [normalise(e["text"]) for e in joined] == [recording.text]
+    # ... a finalize 200 ms after the first phrase ends it there, and the second phrase is the next turn
+    events = asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 1000},
+                                  controls={first_end + 0.2: {"type": "finalize"}}))
+    got = finals(events)
+    assert [(e["id"], normalise(e["text"]), e.get("from_finalize", False)) for e in got] == [
+        (0, recording.phrases[0], True), (1, recording.phrases[1], False)]
+    assert got[0]["end"] <= got[1]["start"] and events[-1] == {"type": "done"}
+
+
+def test_finalize_mid_speech_and_with_nothing_open(app):
+    rng = random.Random(7)
+    words = [rng.choice(["one", "two", "three", "four", "five", "six", "seven", "eight"]) for _ in range(10)]
+    recording = phrase_recording(words, voice=4, rng=rng, word_gap_s=(0.0, 0.0), lead_s=0.6, tail_s=1.2)
+    middle = (recording.words[4][2] + recording.words[5][1]) / 2  # between the 5th and 6th word
+    events = asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 500}, controls={
+        0.2: {"type": "finalize"}, middle: {"type": "finalize"}}))
+    assert events[0] == {"type": "nothing_to_finalize"}, "nothing was open 0.2 s in"
+    got = finals(events)
+    assert [e["id"] for e in got] == list(range(len(got))) and got[0].get("from_finalize") is True
+    assert abs(got[0]["end"] - middle) < 0.1 and len(got) >= 2, "the turn ended at the finalize; the rest followed"
+    assert all(a["end"] <= b["start"] for a, b in zip(got, got[1:])), "no audio in two turns"
+    heard = normalise(" ".join(e["text"] for e in got)).split()
+    assert abs(len(heard) - len(words)) <= 1 and word_errors(" ".join(words), " ".join(heard)) <= 2
+
+
+def test_speech_that_resumes_after_a_short_pause_stays_one_turn_with_every_word(app):
+    recording, _ = two_phrases(gap_s=0.3, voice=5)
+    got = finals(asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 600, "partials": True})))
+    assert [normalise(e["text"]) for e in got] == [recording.text]
+
+
+def test_turn_rules_change_mid_stream_and_bad_values_are_named(app):
+    first, _ = two_phrases(gap_s=0.7, voice=1)
+    second, _ = two_phrases(gap_s=0.7, voice=0)
+    audio = np.concatenate([first.audio, second.audio])
+    events = asyncio.run(converse(app, audio, {"end_of_utterance_ms": 1200}, controls={
+        0.1: {"type": "configure", "end_of_utterance_ms": -5},
+        first.duration: {"type": "configure", "end_of_utterance_ms": 300}}))
+    errors = [e for e in events if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["param"] == "end_of_utterance_ms" and errors[0]["code"] == "invalid_configure"
+    # the first recording under 1200 ms: one turn; the second under 300 ms: its pause ends a turn
+    assert [normalise(e["text"]) for e in finals(events)] == [first.text, *second.phrases]
+    assert events[-1] == {"type": "done"}
+
+
+def test_a_live_final_waits_for_at_most_one_batch_while_a_long_upload_runs(app):
+    """A long file's segments queue in the Transcriber; a live turn's final goes ahead of them: at most the model
+    call already running (a file batch) starts between its arrival and its own call."""
+    import threading
+
+    transcriber = app.deployment("Transcriber")
+    rng = random.Random(31)
+    upload = long_recording(random_phrases(rng, 60, 4, 8), rng, phrase_gap_s=(0.3, 0.8))
+    before = transcriber.stats.remote().result()
+    done = threading.Event()
+
+    def send_upload() -> None:
+        httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", encode(upload.audio))},
+                   timeout=600).raise_for_status()
+        done.set()
+
+    recording, _ = two_phrases(gap_s=0.8, voice=3)
+    thread = threading.Thread(target=send_upload, daemon=True)
+    thread.start()
+    file_calls = lambda: transcriber.stats.remote().result()["calls_started"][2]  # noqa: E731 - priority "file"
+    wait_for(lambda: file_calls() >= before["calls_started"][2] + 2, timeout=60)
+    got = finals(asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 500, "partials": False},
+                                      speed=4)))
+    assert not done.is_set(), "the upload was still running when the live finals came"
+    assert len(got) == 2 and all(e["text"] == offline_text(app, recording.audio, e["start"], e["end"]) for e in got)
+    thread.join(timeout=600)
+    stats = transcriber.stats.remote().result()
+    waits = stats["live_waits"][len(before["live_waits"]):]
+    assert waits and max(waits) <= 1, waits
