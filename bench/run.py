@@ -234,8 +234,9 @@ class Served:
         from deployments.stream_client import stream_pcm
 
         started = time.perf_counter()
+        # as a user gets it: partials on (the default)
         outcome = await stream_pcm(self.url.replace("http", "ws") + "/v1/audio/stream", pcm,
-                                   {"sample_rate": SAMPLE_RATE, "partials": False, "timestamps": timestamps})
+                                   {"sample_rate": SAMPLE_RATE, "timestamps": timestamps})
         errors = [e for e in outcome.events if e["type"] == "error"]
         if errors or outcome.events[-1:] != [{"type": "done"}]:
             raise RuntimeError(f"stream failed: {errors or outcome.events[-1:]}")

@@ -6,6 +6,7 @@ app at import time and reads this replica's settings, which the Ingress sets (``
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -62,12 +63,16 @@ class AccessMiddleware:
                 or _authorized(scope, ACCESS.api_key):
             await self.app(scope, receive, send)
             return
-        error = Unauthorized("A valid API key is required: send it as 'Authorization: Bearer <key>' or "
-                             "'X-API-Key: <key>'.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        error = Unauthorized("A valid API key is required: send it as 'Authorization: Bearer <key>' (or 'Token "
+                             "<key>', Deepgram's form) or 'X-API-Key: <key>'.", code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})
         if scope["type"] == "http":
             await error_response(error)(scope, receive, send)
             return
         await receive()  # websocket.connect
+        if _denials(scope) and _path(scope) == "/v1/listen":  # Deepgram clients expect the HTTP status
+            await _send_denial(send, error)
+            return
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": json.dumps(
             {"type": "error", "message": error.message, "code": error.code,
@@ -75,15 +80,45 @@ class AccessMiddleware:
         await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
 
 
-def _open(scope) -> bool:
+def _path(scope) -> str:
     path, root = scope.get("path", ""), scope.get("root_path", "")
-    return (path[len(root):] if root and path.startswith(root) else path) in OPEN_PATHS
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _open(scope) -> bool:
+    return _path(scope) in OPEN_PATHS
+
+
+def _denials(scope) -> bool:
+    """The server can answer a WebSocket upgrade with an HTTP response (ASGI's denial-response extension)."""
+    return "websocket.http.response" in (scope.get("extensions") or {})
+
+
+async def _send_denial(send, error: ApiError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), *[(k.lower().encode(), v.encode())
+                                                         for k, v in error.headers.items()]]
+    await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def deny_websocket(websocket, error: ApiError) -> None:
+    """Refuse an upgrade with ``error``'s HTTP status where the server can (a 4xx at the upgrade tells a client not
+    to retry); elsewhere accept, send the error and close 1008."""
+    if _denials(websocket.scope):
+        await websocket.send_denial_response(error_response(error))
+        return
+    await websocket.accept()
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "Error", "description": error.message,
+                                              "message": error.message, "variant": error.code or "error"}))
+        await websocket.close(WS_POLICY_VIOLATION)
 
 
 def _authorized(scope, api_key: str) -> bool:
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    presented = token.strip() if scheme.lower() == "bearer" else headers.get("x-api-key", "")
+    presented = token.strip() if scheme.lower() in ("bearer", "token") else headers.get("x-api-key", "")
     if not presented and scope["type"] == "websocket":
         presented = next((p[len(KEY_SUBPROTOCOL):] for p in scope.get("subprotocols", [])
                           if p.startswith(KEY_SUBPROTOCOL)), "")

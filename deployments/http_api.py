@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.speech import formats
-from deployments.speech.errors import ApiError, InternalError, InvalidRequest
+from deployments.speech.errors import ApiError, InternalError, InvalidRequest, PayloadTooLarge
 from deployments.speech.protocol import ErrorInfo, ErrorResponse, OpenAIRequest
 from deployments.speech.schemas import TranscriptionResult
 from deployments.speech.uploads import UploadForm, read_form
@@ -43,8 +43,11 @@ OPENAI_FORM = form_body({
     "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
     "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
     "include[]": {"type": "array", "items": {"type": "string", "enum": ["logprobs"]}},
-    "stream": _BOOLEAN, "vad": _BOOLEAN})
-LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEAN, "model": _TEXT})
+    "stream": _BOOLEAN, "vad": _BOOLEAN, "multichannel": _BOOLEAN})
+LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEAN, "model": _TEXT,
+                         "multichannel": _BOOLEAN})
+LISTEN_BODY = {"requestBody": {"required": True, "content": {"audio/*": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}}}
 OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format asked for", "content": {
     "application/json": {}, "text/plain": {}, "text/vtt": {}, "application/x-subrip": {},
     "text/event-stream": {}}}, **ERROR_RESPONSES}
@@ -87,6 +90,21 @@ async def read_upload(request: Request, parse_options: Callable[[UploadForm], Op
     if form.file is None:
         raise InvalidRequest("Attach the audio as the 'file' form field.", code="missing_file")
     return options, form.file
+
+
+async def read_body(request: Request, max_upload_bytes: int) -> bytes:
+    """A raw request body (Deepgram's pre-recorded audio), byte-counted as it arrives (413 past the limit)."""
+    if (request.headers.get("content-type") or "").split(";")[0].strip() == "application/json":
+        raise InvalidRequest("Send the audio itself as the request body (audio/wav, audio/mpeg, ...); fetching a "
+                             "URL is not offered here.", code="url_not_supported")
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_upload_bytes:
+            raise PayloadTooLarge(f"The upload is larger than the {max_upload_bytes // (1024 * 1024)} MB limit.",
+                                  code="file_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def openai_response(result: TranscriptionResult, options: OpenAIRequest) -> Response:

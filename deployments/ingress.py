@@ -18,11 +18,12 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
-from deployments.http_api import (DEMO_PAGE, ERROR_RESPONSES, LEGACY_FORM, OPENAI_FORM, OPENAI_RESPONSES,
-                                  install_error_handlers, openai_response, read_upload)
+from deployments.http_api import (DEMO_PAGE, ERROR_RESPONSES, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
+                                  OPENAI_RESPONSES, install_error_handlers, openai_response, read_body, read_upload)
+from deployments.listen_connection import ListenConnection
 from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
-from deployments.speech import formats
+from deployments.speech import deepgram, formats
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.admission import Admission, Ticket, TooBusy
 from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPipeline
@@ -62,7 +63,7 @@ class Ingress:
         self.settings = settings
         self.backends = GraphBackends(segmenter, transcriber, aligner)
         self.pipeline = TranscriptionPipeline(self.backends, settings)
-        self.catalog = ModelCatalog(settings.served_models)
+        self.catalog = ModelCatalog(settings.served_models, settings.model_aliases)
         self.metrics = IngressMetrics()
         self.slots = StreamSlots(settings.stream.max_streams, on_change=self.metrics.active_streams)
         self.admission = Admission(settings.admission)
@@ -75,23 +76,25 @@ class Ingress:
             with self.admission.request() as ticket:
                 yield Admitted(route, ticket, timing)
 
-    async def _load(self, admitted: Admitted, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
+    async def _load(self, admitted: Admitted, audio: AudioInput, sample_rate: int | None = None,
+                    multichannel: bool = False) -> LoadedAudio:
         with self.metrics.stages.timed("decode"):
-            loaded = await self.pipeline.load(audio, sample_rate)
-        admitted.ticket.admit_audio(loaded.duration)
-        self.metrics.audio_in(admitted.route, admitted.timing, loaded.duration)
+            loaded = await self.pipeline.load(audio, sample_rate, multichannel)
+        admitted.ticket.admit_audio(loaded.work_s)
+        self.metrics.audio_in(admitted.route, admitted.timing, loaded.work_s)
         return loaded
 
     # ---------------------------------------------------------------- Python handle API
 
     async def transcribe(self, audio: AudioInput, sample_rate: int | None = None, timestamps: bool = False,
                          vad: bool = True, model: str | None = None, language: str | None = None,
-                         logprobs: bool = False) -> TranscriptionResult:
+                         logprobs: bool = False, multichannel: bool = False) -> TranscriptionResult:
         """``handle.transcribe.remote(audio, timestamps=True)``: encoded bytes, or samples with ``sample_rate``;
-        ``model`` picks a served model by id (default: the first)."""
+        ``model`` picks a served model by id (default: the first); ``multichannel`` transcribes each channel on
+        its own (samples: [n, channels])."""
         async with self._request("handle") as admitted:
             choice = self.catalog.choose(model, language)
-            loaded = await self._load(admitted, audio, sample_rate)
+            loaded = await self._load(admitted, audio, sample_rate, multichannel)
             return await self.pipeline.transcribe(loaded, timestamps=timestamps, vad=vad, model=choice,
                                                   logprobs=logprobs)
 
@@ -132,6 +135,12 @@ class Ingress:
     async def stream_alias(self, websocket: WebSocket) -> None:
         await self.stream(websocket)
 
+    @api.websocket("/v1/listen")
+    async def listen(self, websocket: WebSocket) -> None:
+        """Deepgram's live protocol (the subset Pipecat's and LiveKit's Deepgram plugins use)."""
+        connection = ListenConnection(websocket, self.pipeline, self.catalog, self.settings, self.slots)
+        self.metrics.stream_ended(await connection.serve())
+
     @api.websocket("/v1/realtime")
     async def realtime(self, websocket: WebSocket) -> None:
         """OpenAI's Realtime transcription protocol (``?intent=transcription``) over the same live pipeline."""
@@ -146,7 +155,7 @@ class Ingress:
         async with self._request("openai") as admitted:
             options, data = await read_upload(request, OpenAIRequest.from_form, self.settings.limits.max_upload_bytes)
             choice = self.catalog.choose(options.model, options.language)
-            loaded = await self._load(admitted, data)
+            loaded = await self._load(admitted, data, multichannel=options.multichannel)
             if options.stream:  # the ticket is held until the stream ends
                 events = self.pipeline.text_events(loaded, vad=options.vad, model=choice)
                 admitted.timing.streamed = True
@@ -157,13 +166,24 @@ class Ingress:
                                                     model=choice, logprobs=options.logprobs)
             return openai_response(result, options)
 
+    @api.post("/v1/listen", summary="Deepgram-compatible pre-recorded transcription (the audio is the body)",
+              openapi_extra=LISTEN_BODY, responses=ERROR_RESPONSES)
+    async def listen_prerecorded(self, request: Request) -> JSONResponse:
+        async with self._request("listen") as admitted:
+            options = deepgram.ListenOptions.from_query(request.query_params, live=False)
+            choice = self.catalog.choose(options.model, options.language)
+            data = await read_body(request, self.settings.limits.max_upload_bytes)
+            loaded = await self._load(admitted, data, multichannel=options.multichannel)
+            result = await self.pipeline.transcribe(loaded, timestamps=True, vad=True, model=choice)
+            return JSONResponse(deepgram.prerecorded(deepgram.Identity(choice.model.id), result, data))
+
     @api.post("/transcribe", summary="The previous server's endpoint", openapi_extra=LEGACY_FORM,
               responses=ERROR_RESPONSES)
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
         async with self._request("legacy") as admitted:
             options, data = await read_upload(request, LegacyRequest.from_form, self.settings.limits.max_upload_bytes)
             choice = self.catalog.choose(options.model, None)
-            loaded = await self._load(admitted, data)
+            loaded = await self._load(admitted, data, multichannel=options.multichannel)
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
                                                     vad=options.should_chunk, model=choice)
             return JSONResponse(formats.legacy(result, options.include_timestamps))

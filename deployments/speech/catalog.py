@@ -20,15 +20,20 @@ class Choice:
 
 
 class ModelCatalog:
-    def __init__(self, models: list[ModelSpec]):
+    def __init__(self, models: list[ModelSpec], aliases: dict[str, str] | None = None):
         self.models = {spec.id: spec for spec in models}
         self.default = models[0]
+        self.aliases = dict(aliases or {})  # a name clients send -> a served id ("": the default)
 
     def resolve(self, model: str | None) -> ModelSpec:
-        """The request's ``model`` (empty: the default) -> its spec; an unknown id is a 404 naming the served ones."""
+        """The request's ``model`` (empty: the default; an alias: its model) -> its spec; anything else is a 404
+        naming the served ones."""
         if not model:
             return self.default
-        spec = self.models.get(model.strip())
+        name = model.strip()
+        if name not in self.models and name in self.aliases:
+            name = self.aliases[name] or self.default.id
+        spec = self.models.get(name)
         if spec is None:
             raise NotFound(f"The model {model!r} is not served here; served models: {', '.join(self.models)}.",
                            code="model_not_found")

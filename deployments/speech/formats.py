@@ -26,23 +26,31 @@ def clock(seconds: float, decimal: str) -> str:
 
 
 def srt(segments: list[Segment]) -> str:
-    blocks = [f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{s.text}\n" for i, s in enumerate(segments, 1)]
+    blocks = [f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{_cue(s, '[channel {}] {}')}\n"
+              for i, s in enumerate(segments, 1)]
     return "\n".join(blocks)
 
 
 def vtt(segments: list[Segment]) -> str:
-    blocks = [f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{s.text}\n" for s in segments]
+    # multichannel: WebVTT's voice span names the channel (players show it as the speaker)
+    blocks = [f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{_cue(s, '<v channel {}>{}</v>')}\n" for s in segments]
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _cue(segment: Segment, labelled: str) -> str:
+    return segment.text if segment.channel is None else labelled.format(segment.channel, segment.text)
 
 
 def render(result: TranscriptionResult, response_format: str, granularities: set[str]) -> dict | str:
     """JSON-able dict for json formats, str for text formats."""
     if response_format == "json":
         body = {"text": result.text}
+        if result.channels is not None:  # multichannel=true
+            body["channels"] = [c.model_dump() for c in result.channels]
         if result.logprobs is not None:  # include[]=logprobs
             body["logprobs"] = [p.model_dump() for p in result.logprobs]
         return body
-    if response_format == "text":
+    if response_format == "text":  # (multichannel: every channel's words, in time order, as in json's text)
         return result.text + "\n"
     if response_format == "srt":
         return srt(result.segments)
@@ -63,7 +71,12 @@ def legacy(result: TranscriptionResult, include_timestamps: bool) -> dict:
     if include_timestamps:
         timestamps = {
             "words": [{"text": w.word, "start": w.start, "end": w.end,
-                       **({} if w.probability is None else {"confidence": w.probability})} for w in result.words],
-            "segments": [{"text": s.text, "start": s.start, "end": s.end} for s in result.segments],
+                       **({} if w.probability is None else {"confidence": w.probability}),
+                       **({} if w.channel is None else {"channel": w.channel})} for w in result.words],
+            "segments": [{"text": s.text, "start": s.start, "end": s.end,
+                          **({} if s.channel is None else {"channel": s.channel})} for s in result.segments],
         }
-    return {"text": result.text, "timestamps": timestamps}
+    body = {"text": result.text, "timestamps": timestamps}
+    if result.channels is not None:
+        body["channels"] = [c.model_dump() for c in result.channels]
+    return body

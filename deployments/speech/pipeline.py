@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -22,13 +22,15 @@ from .live import Control, live_events
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
 from .protocol import ErrorInfo, LiveEvent, SseError, SseEvent, TranscriptTextDelta, TranscriptTextDone
-from .schemas import Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word, token_logprobs
+from .schemas import (ChannelText, Segment, SegmentTokens, SpeechSegment, TranscriptionResult, Word,
+                      token_logprobs)
 from .settings import AppSettings, TurnRules, VadSettings
 from .timestamps import join_text
 from .vad import whole_file
 
 log = logging.getLogger(__name__)
 AudioInput = Union[bytes, bytearray, memoryview, np.ndarray, list]
+OnText = Callable[[str, Optional[int]], Awaitable[None]]  # a segment's text and its channel (multichannel)
 
 
 class Backends(Protocol):
@@ -56,8 +58,13 @@ class Backends(Protocol):
 
 @dataclass
 class LoadedAudio:
-    samples: np.ndarray  # float32, 16 kHz, mono
+    samples: np.ndarray  # float32, 16 kHz: mono, or (channels, samples) for multichannel requests
     duration: float  # seconds
+
+    @property
+    def work_s(self) -> float:
+        """Audio seconds the model will hear: every channel's."""
+        return self.duration * (len(self.samples) if self.samples.ndim == 2 else 1)
 
 
 class TranscriptionPipeline:
@@ -65,20 +72,24 @@ class TranscriptionPipeline:
         self.backends = backends
         self.settings = settings
 
-    async def load(self, audio: AudioInput, sample_rate: int | None = None) -> LoadedAudio:
-        """Encoded bytes (any format FFmpeg reads) or samples at ``sample_rate`` -> validated 16 kHz mono.
-        Decoding runs on a worker thread: never on the event loop."""
+    async def load(self, audio: AudioInput, sample_rate: int | None = None, multichannel: bool = False
+                   ) -> LoadedAudio:
+        """Encoded bytes (any format FFmpeg reads) or samples at ``sample_rate`` -> validated 16 kHz mono (with
+        ``multichannel``, each channel kept: shape (channels, samples)). Decoding runs on a worker thread: never on
+        the event loop."""
         if isinstance(audio, (bytes, bytearray, memoryview)):
-            samples = await asyncio.to_thread(audio_io.decode, bytes(audio), self.settings.limits.max_audio_s)
+            samples = await asyncio.to_thread(audio_io.decode, bytes(audio), self.settings.limits.max_audio_s,
+                                              multichannel)
         else:
-            samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate)
+            samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate, multichannel)
         return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))
 
     async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, model: Choice,
-                         logprobs: bool = False, on_text: Callable[[str], Awaitable[None]] | None = None
-                         ) -> TranscriptionResult:
-        """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text, in
-        order, as soon as it is ready; ``logprobs`` adds each token's log-probability (from the same pass)."""
+                         logprobs: bool = False, on_text: OnText | None = None) -> TranscriptionResult:
+        """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text (and
+        its channel, for multichannel audio), in order, as soon as it is ready; ``logprobs`` adds each token's
+        log-probability (from the same pass). Audio of shape (channels, samples) is transcribed channel by channel
+        (their segments share the Transcriber's batches) and merged on one timeline."""
         try:
             return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, model, logprobs, on_text),
                                           self.settings.request_timeout_s)
@@ -87,21 +98,61 @@ class TranscriptionPipeline:
                              code="timeout") from None
 
     async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool, model: Choice, logprobs: bool,
-                          on_text: Callable[[str], Awaitable[None]] | None) -> TranscriptionResult:
-        # Each segment goes to the model the moment VAD hands it out, so transcription overlaps VAD; the audio is
-        # stored once and every call carries the reference with its (start, end).
-        audio_ref = self.backends.put(audio.samples)
-        segments, tokens = await transcribe_as_found(
-            self._speech(audio_ref, len(audio.samples), vad),
-            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id),
-            collect=self.backends.collect, on_text=on_text)
+                          on_text: OnText | None) -> TranscriptionResult:
+        if audio.samples.ndim == 2:
+            return await self._transcribe_channels(audio, timestamps, vad, model, logprobs, on_text)
+        segments, tokens = await self._recognise(audio.samples, vad, model, on_text, None)
         result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]),
                                      language=model.language)
         if logprobs:
             result.logprobs = [scored for t in tokens for scored in token_logprobs(t)]
         if timestamps:
-            pieces = [(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)]
-            result.words, result.segments = await self.backends.align(pieces, audio.duration)
+            result.words, result.segments = await self._align(segments, tokens, audio.duration)
+        return result
+
+    async def _recognise(self, samples: np.ndarray, vad: bool, model: Choice, on_text: OnText | None,
+                         channel: int | None) -> tuple[list[SpeechSegment], list[SegmentTokens]]:
+        """One mono signal's segments and their tokens. Each segment goes to the model the moment VAD hands it out,
+        so transcription overlaps VAD; the audio is stored once and every call carries the reference with its
+        (start, end)."""
+        audio_ref = self.backends.put(samples)
+
+        async def text_out(text: str) -> None:
+            await on_text(text, channel)
+
+        return await transcribe_as_found(
+            self._speech(audio_ref, len(samples), vad),
+            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id),
+            collect=self.backends.collect, on_text=text_out if on_text is not None else None)
+
+    async def _align(self, segments: list[SpeechSegment], tokens: list[SegmentTokens], duration: float
+                     ) -> tuple[list[Word], list[Segment]]:
+        pieces = [(t, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE) for t, s in zip(tokens, segments)]
+        return await self.backends.align(pieces, duration)
+
+    async def _transcribe_channels(self, audio: LoadedAudio, timestamps: bool, vad: bool, model: Choice,
+                                   logprobs: bool, on_text: OnText | None) -> TranscriptionResult:
+        """Each channel on its own (VAD, model, words), concurrently; merged on one timeline: the text and
+        logprobs in the time order of their segments, words and segments tagged with their channel."""
+        heard = await asyncio.gather(*[self._recognise(np.ascontiguousarray(row), vad, model, on_text, channel)
+                                       for channel, row in enumerate(audio.samples)])
+        timeline = sorted(((segment.start, channel, tokens) for channel, (segments, found) in enumerate(heard)
+                           for segment, tokens in zip(segments, found)), key=lambda item: item[:2])
+        result = TranscriptionResult(
+            duration=round(audio.duration, 3), text=join_text([t.text for _, _, t in timeline]),
+            language=model.language,
+            channels=[ChannelText(channel=c, text=join_text([t.text for t in found])) for c, (_, found) in
+                      enumerate(heard)])
+        if logprobs:
+            result.logprobs = [scored for _, _, t in timeline for scored in token_logprobs(t)]
+        if timestamps:
+            aligned = await asyncio.gather(*[self._align(segments, found, audio.duration)
+                                             for segments, found in heard])
+            words = [w.model_copy(update={"channel": c}) for c, (ws, _) in enumerate(aligned) for w in ws]
+            segments = [s.model_copy(update={"channel": c}) for c, (_, ss) in enumerate(aligned) for s in ss]
+            result.words = sorted(words, key=lambda w: (w.start, w.channel))
+            result.segments = [s.model_copy(update={"id": i}) for i, s in
+                               enumerate(sorted(segments, key=lambda s: (s.start, s.channel)))]
         return result
 
     async def _speech(self, audio_ref: Any, total_samples: int, vad: bool) -> AsyncIterator[list[SpeechSegment]]:
@@ -116,8 +167,8 @@ class TranscriptionPipeline:
         after the first event is an ``error`` event (the HTTP status was already sent)."""
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def on_text(text: str) -> None:
-            await queue.put(text)
+        async def on_text(text: str, channel: int | None) -> None:
+            await queue.put((text, channel))
 
         async def run() -> TranscriptionResult:
             try:
@@ -128,8 +179,9 @@ class TranscriptionPipeline:
         task = asyncio.create_task(run())
         try:
             first = True
-            while (text := await queue.get()) is not None:
-                yield TranscriptTextDelta(delta=text if first else " " + text)
+            while (item := await queue.get()) is not None:
+                text, channel = item
+                yield TranscriptTextDelta(delta=text if first else " " + text, channel=channel)
                 first = False
             yield TranscriptTextDone(text=(await task).text)
         except ApiError as exc:

@@ -66,6 +66,7 @@ class OpenAIRequest(BaseModel):
     model: Optional[str] = None  # a served model's id (empty: the default)
     language: Optional[str] = None  # checked against the model's languages
     logprobs: bool = False  # include[]=logprobs
+    multichannel: bool = False  # each channel transcribed on its own, merged on one timeline
 
     @property
     def timestamps(self) -> bool:
@@ -98,7 +99,8 @@ class OpenAIRequest(BaseModel):
                                  code="invalid_parameter")
         return cls(response_format=response_format, granularities=granularities, stream=stream,
                    vad=parse_bool("vad", form.get("vad"), True), model=form.get("model"),
-                   language=form.get("language"), logprobs="logprobs" in include)
+                   language=form.get("language"), logprobs="logprobs" in include,
+                   multichannel=parse_bool("multichannel", form.get("multichannel"), False))
 
 
 def _check_temperature(temperature: str | None) -> None:
@@ -119,11 +121,13 @@ class LegacyRequest(BaseModel):
     include_timestamps: bool = False
     should_chunk: bool = True
     model: Optional[str] = None
+    multichannel: bool = False
 
     @classmethod
     def from_form(cls, form: UploadForm) -> "LegacyRequest":
         return cls(include_timestamps=parse_bool("include_timestamps", form.get("include_timestamps"), False),
-                   should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True), model=form.get("model"))
+                   should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True), model=form.get("model"),
+                   multichannel=parse_bool("multichannel", form.get("multichannel"), False))
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI SSE
@@ -131,6 +135,7 @@ class LegacyRequest(BaseModel):
 class TranscriptTextDelta(BaseModel):
     type: Literal["transcript.text.delta"] = "transcript.text.delta"
     delta: str
+    channel: Optional[int] = None  # multichannel=true: the channel the segment was heard on
 
 
 class TranscriptTextDone(BaseModel):
@@ -149,7 +154,8 @@ SseEvent = Union[TranscriptTextDelta, TranscriptTextDone, SseError]
 
 
 def sse_frame(event: SseEvent) -> str:
-    return f"data: {event.model_dump_json()}\n\n"
+    # (a delta's channel only where there are channels; an error's null code stays, as OpenAI sends it)
+    return f"data: {event.model_dump_json(exclude_none=isinstance(event, TranscriptTextDelta))}\n\n"
 
 
 # ---------------------------------------------------------------------------------------------- live streams

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,26 +39,28 @@ class RealtimeError(InvalidRequest):
 
 # ---------------------------------------------------------------------------------------------- session
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SessionPart(BaseModel):
+    # Fields we do not know are ignored, never an error: voice-agent clients send their usual session (voices,
+    # tools, noise reduction...) and treat an error event as a broken connection. Known fields are validated.
+    model_config = ConfigDict(extra="ignore")
 
 
-class PcmFormat(_Strict):
+class PcmFormat(_SessionPart):
     type: Literal["audio/pcm"] = "audio/pcm"
     rate: int = 24000
 
 
-class G711Format(_Strict):
+class G711Format(_SessionPart):
     type: Literal["audio/pcmu", "audio/pcma"]  # 8 kHz mu-law / A-law
 
 
-class TranscriptionOptions(_Strict):
+class TranscriptionOptions(_SessionPart):
     model: Optional[str] = None
     language: Optional[str] = None
     prompt: Optional[str] = None  # accepted; Parakeet does not take a prompt
 
 
-class ServerVad(_Strict):
+class ServerVad(_SessionPart):
     type: Literal["server_vad"] = "server_vad"
     threshold: Optional[float] = Field(None, gt=0, lt=1)
     prefix_padding_ms: Optional[int] = Field(None, ge=0, le=2000)
@@ -76,7 +78,7 @@ class ServerVad(_Strict):
 SEMANTIC_PAUSE_MS = {"high": 300, "medium": 500, "auto": 500, "low": 1000}
 
 
-class SemanticVad(_Strict):
+class SemanticVad(_SessionPart):
     """OpenAI's model-based turn detection. Accepted and mapped onto our (acoustic) VAD: the speech threshold and
     padding stay the service's, and ``eagerness`` picks the pause (``SEMANTIC_PAUSE_MS``)."""
 
@@ -84,8 +86,9 @@ class SemanticVad(_Strict):
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     create_response: Optional[bool] = None
     interrupt_response: Optional[bool] = None
-    threshold: None = None  # (read by vad_settings: semantic_vad leaves the VAD's own)
-    prefix_padding_ms: None = None
+
+    threshold: ClassVar[None] = None  # (not fields: semantic_vad leaves the VAD's own threshold and padding)
+    prefix_padding_ms: ClassVar[None] = None
 
     def pause_ms(self) -> Optional[int]:
         return SEMANTIC_PAUSE_MS[self.eagerness]
@@ -94,19 +97,19 @@ class SemanticVad(_Strict):
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
 
 
-class AudioInput(_Strict):
+class AudioInput(_SessionPart):
     format: Union[PcmFormat, G711Format] = Field(default_factory=PcmFormat, discriminator="type")
     transcription: TranscriptionOptions = Field(default_factory=TranscriptionOptions)
     turn_detection: Optional[Union[ServerVad, SemanticVad]] = Field(default_factory=ServerVad,
                                                                     discriminator="type")
-    noise_reduction: None = None  # not offered: null only
+    noise_reduction: Optional[dict] = None  # accepted, not applied (reported as null)
 
 
-class SessionAudio(_Strict):
+class SessionAudio(_SessionPart):
     input: AudioInput = Field(default_factory=AudioInput)
 
 
-class TranscriptionSession(_Strict):
+class TranscriptionSession(_SessionPart):
     """A transcription session's configuration, as ``session.update`` sets it and ``session.updated`` echoes it."""
 
     type: Literal["transcription"] = "transcription"

@@ -50,12 +50,21 @@ class Word(BaseModel):
     end: float
     # how sure the decoder was: the lowest probability among the word's tokens (None: confidence is off)
     probability: Optional[float] = None
+    channel: Optional[int] = None  # multichannel=true: the channel it was heard on (0-based)
 
 
 class Segment(BaseModel):
     id: int
     start: float
     end: float
+    text: str
+    channel: Optional[int] = None  # multichannel=true
+
+
+class ChannelText(BaseModel):
+    """One channel's transcript (multichannel=true)."""
+
+    channel: int
     text: str
 
 
@@ -69,3 +78,4 @@ class TranscriptionResult(BaseModel):
     segments: list[Segment] = Field(default_factory=list)
     words: list[Word] = Field(default_factory=list)
     logprobs: Optional[list[TokenLogprob]] = None  # only when asked for
+    channels: Optional[list[ChannelText]] = None  # multichannel=true: each channel's text, in channel order

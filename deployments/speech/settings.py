@@ -58,6 +58,7 @@ class LimitSettings(BaseModel):
     max_upload_mb: float = Field(200.0, gt=0, description="uploads larger than this get 413 (counted as they arrive)")
     max_audio_s: float = Field(4 * 3600.0, gt=0, description="decoded audio longer than this gets 413")
     min_audio_ms: float = Field(32.0, ge=0, description="shorter audio gets 400 (one VAD window)")
+    max_channels: int = Field(8, ge=1, le=64, description="multichannel=true: files with more channels get 400")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -142,6 +143,14 @@ class BatchSettings(BaseModel):
     batch_ms: float = Field(15.0, ge=0, le=1000, description="batching window in ms (seed: 15)")
 
 
+# The model names OpenAI's and Deepgram's clients send by default (their SDKs, Pipecat's and LiveKit's plugins) ->
+# the default served model.
+DEFAULT_MODEL_ALIASES = {name: "" for name in (
+    "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper", "nova-3", "nova-3-general", "nova-2", "nova-2-general", "nova-2-phonecall",
+    "nova-2-meeting", "nova", "enhanced", "base")}
+
+
 class AppSettings(BaseSettings):
     """The application's arguments (``args:`` in serve_config.yaml)."""
 
@@ -153,6 +162,11 @@ class AppSettings(BaseSettings):
     models: list[ModelSpec] = Field(
         default_factory=list, description="several checkpoints, chosen per request by id; the first is the default "
                                           "(env PARAKEET_MODELS as JSON). Empty: just ``model`` as ``model_name``")
+    model_aliases: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_ALIASES),
+        description="names clients send -> a served model's id (\"\": the default model). Shipped: OpenAI's and "
+                    "Deepgram's common names, so their SDKs and plugins work unchanged; names neither served nor "
+                    "aliased get 404")
     max_models_per_replica: int = Field(
         2, ge=1, description="models one Transcriber replica holds at once (least recently used evicted)")
     confidence: bool = Field(True, description="per-token probabilities from the decoder's own pass (word "
@@ -183,6 +197,9 @@ class AppSettings(BaseSettings):
         ids = [spec.id for spec in self.served_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique: {ids}")
+        wrong = {alias: target for alias, target in self.model_aliases.items() if target and target not in ids}
+        if wrong:
+            raise ValueError(f"model_aliases point at models not served ({wrong}); served: {ids}")
         return self
 
     @property

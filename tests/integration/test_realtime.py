@@ -168,8 +168,6 @@ def test_eight_concurrent_sessions_get_their_own_transcripts(app):
     ({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
         "turn_detection": {"type": "server_vad", "threshold": 2}}}}}, "invalid_value",
      "session.audio.input.turn_detection.threshold"),
-    ({"type": "session.update", "session": {"type": "transcription", "colour": "red"}}, "invalid_value",
-     "session.colour"),
     ({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(2 << 20)).decode()},
      "append_too_large", None),
     ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty", None),

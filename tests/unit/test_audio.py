@@ -93,10 +93,10 @@ def test_16k_mono_wav_fast_path_gives_ffmpegs_samples(subtype, monkeypatch):
     speechlike = (0.4 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
     wav = encode(speechlike, "WAV", 16000, subtype)
     fast = audio.decode(wav)
-    monkeypatch.setattr(audio, "_decode_wav_16k_mono", lambda data, max_seconds=None: None)  # force the FFmpeg path
+    monkeypatch.setattr(audio, "_decode_wav_16k", lambda data, max_seconds=None, channels=False: None)  # force the FFmpeg path
     through_ffmpeg = audio.decode(wav)
     monkeypatch.undo()
-    assert audio._decode_wav_16k_mono(wav) is not None  # so `fast` came from libsndfile
+    assert audio._decode_wav_16k(wav) is not None  # so `fast` came from libsndfile
     assert fast.dtype == np.float32 and len(fast) == len(through_ffmpeg) == 16000
     np.testing.assert_allclose(fast, through_ffmpeg, atol=1e-6)
 
@@ -118,3 +118,31 @@ def test_decoding_stops_once_the_audio_is_too_long():
         with pytest.raises(PayloadTooLarge, match="maximum is 60 s"):
             audio.decode(data, max_seconds=60)
     assert len(audio.decode(encode(silence[:16000 * 30], "FLAC"), max_seconds=60)) == 16000 * 30
+
+
+@pytest.mark.parametrize("fmt,rate", [("WAV", 16000), ("FLAC", 16000), ("WAV", 44100), ("FLAC", 48000)])
+def test_channels_kept_apart_equal_each_channel_decoded_alone(fmt, rate):
+    """multichannel: each row is what that channel gives as a mono file of the same format (libsndfile for
+    16 kHz WAV, FFmpeg for the rest)."""
+    rng = np.random.default_rng(3)
+    stereo = (rng.standard_normal((rate, 3)) * 0.1).astype(np.float32)
+    kept = audio.decode(encode_any(stereo, rate, fmt), channels=True)
+    assert kept.shape[0] == 3 and kept.dtype == np.float32
+    for channel in range(3):
+        alone = audio.decode(encode_any(stereo[:, channel], rate, fmt))
+        assert np.abs(kept[channel] - alone).max() <= 1e-6
+
+
+def test_too_many_channels_are_refused_naming_the_limit():
+    limits = LimitSettings(max_channels=2)
+    with pytest.raises(InvalidRequest, match="at most 2"):
+        audio.validate(np.zeros((3, 16000), np.float32), limits)
+    assert audio.validate(np.zeros((2, 16000), np.float32), limits) == 1.0
+
+
+def encode_any(samples: np.ndarray, rate: int, fmt: str) -> bytes:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=fmt)
+    return buffer.getvalue()

@@ -1,5 +1,5 @@
 from deployments.speech import formats
-from deployments.speech.schemas import Segment, TranscriptionResult, Word
+from deployments.speech.schemas import ChannelText, Segment, TranscriptionResult, Word
 
 RESULT = TranscriptionResult(duration=3725.5, text="Hi there. Bye.",
                              segments=[Segment(id=0, start=0.0, end=1.25, text="Hi there."),
@@ -44,3 +44,27 @@ def test_confidence_and_logprobs_appear_only_when_known():
     assert formats.render(scored, "json", set())["logprobs"] == [{"token": " Hi", "logprob": -0.07,
                                                                    "bytes": [32, 72, 105]}]
     assert "logprobs" not in formats.render(RESULT, "json", set())
+
+
+def test_multichannel_shapes_in_every_format():
+    result = TranscriptionResult(
+        duration=3.0, text="one two three", channels=[ChannelText(channel=0, text="one three"),
+                                                      ChannelText(channel=1, text="two")],
+        segments=[Segment(id=0, start=0.1, end=0.5, text="one", channel=0),
+                  Segment(id=1, start=0.6, end=0.9, text="two", channel=1),
+                  Segment(id=2, start=1.0, end=1.4, text="three", channel=0)],
+        words=[Word(word="one", start=0.1, end=0.5, channel=0), Word(word="two", start=0.6, end=0.9, channel=1),
+               Word(word="three", start=1.0, end=1.4, channel=0)])
+    assert formats.render(result, "json", set()) == {"text": "one two three", "channels": [
+        {"channel": 0, "text": "one three"}, {"channel": 1, "text": "two"}]}
+    verbose = formats.render(result, "verbose_json", {"word", "segment"})
+    assert [w["channel"] for w in verbose["words"]] == [0, 1, 0] and verbose["segments"][1]["channel"] == 1
+    assert "[channel 1] two" in formats.render(result, "srt", set())
+    assert "<v channel 0>three</v>" in formats.render(result, "vtt", set())
+    legacy = formats.legacy(result, include_timestamps=True)
+    assert legacy["channels"][1] == {"channel": 1, "text": "two"} and legacy["timestamps"]["words"][1]["channel"] == 1
+    # without channels nothing changes: no channel keys anywhere
+    mono = result.model_copy(update={"channels": None, "words": [], "segments": [Segment(id=0, start=0, end=1,
+                                                                                         text="one")]})
+    assert formats.render(mono, "json", set()) == {"text": "one two three"}
+    assert "channel" not in formats.render(mono, "srt", set()) + formats.render(mono, "vtt", set())

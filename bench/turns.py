@@ -1,0 +1,391 @@
+"""Live turns: the time from the true end of speech to the turn's final transcript (TTFS), and what partials cost.
+
+    python -m bench.turns                      # the digits model on this machine (~12 min on 2 cores)
+    python -m bench.turns --quick              # a smoke run (~2 min)
+    python -m bench.turns --before             # the rows a service without finalize can run (server pauses only)
+
+Every session streams held-out utterances (tests/fixtures/digits_heldout.npz: voices the model never heard),
+each followed by 1.6 s of quiet, in 20 ms PCM16 frames paced in real time over ``/v1/audio/stream``. The true end
+of an utterance's speech is the end of its last 10 ms frame louder than 5 % of its loudest; TTFS runs from the
+moment the frame holding that sample was sent to the arrival of the final that covers the utterance. Rows:
+
+- ``finalize``: the client sends ``{"type": "finalize"}`` 200 ms after speech ends (what voice agents do);
+- ``pause N``: no finalize, the stream's ``end_of_utterance_ms`` ends the turn;
+- ``+ uploads``: the same while two 3-minute files are transcribed back to back over HTTP;
+- partial cost: the Transcriber's model seconds per second of live audio for unbroken 2 / 10 / 30 s turns
+  (partials every second, 2x real time: the partials' wall-clock gate still lets one through every second);
+- fast streaming: whole files in 1024-byte frames as fast as possible, timestamps and partials on (the defaults),
+  against the offline path with timestamps on the same file;
+- splits: held-out utterances (no inner pauses) at a 300 ms pause: finals per utterance and finals equal to the
+  offline path's text for the same audio.
+
+Writes bench/results/<name>.json and .md. Nothing here is asserted: ratios are measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech
+from bench.run import RESULTS, Served, model_path
+
+FRAME_S = 0.02
+QUIET_S = 1.6
+
+
+@dataclass
+class Utterance:
+    audio: np.ndarray
+    text: str
+    speech_end: int  # samples into ``audio``
+
+
+def true_end(audio: np.ndarray) -> int:
+    """The end of the last 10 ms frame louder (RMS) than 5 % of the loudest."""
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    loud = np.nonzero(rms > 0.05 * rms.max())[0]
+    return int((loud[-1] + 1) * 160)
+
+
+def utterances() -> list[Utterance]:
+    return [Utterance(audio, text, true_end(audio)) for audio, text in heldout()["utterances"]]
+
+
+@dataclass
+class Session:
+    """One stream's audio (utterances with quiet after each) and when each utterance's speech truly ends."""
+
+    audio: np.ndarray
+    ends: list[int] = field(default_factory=list)  # absolute samples
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def session_audio(chosen: list[Utterance], lead_s: float) -> Session:
+    pieces, cursor = [np.zeros(int(lead_s * SAMPLE_RATE), np.float32)], int(lead_s * SAMPLE_RATE)
+    session = Session(np.zeros(0, np.float32))
+    quiet = np.random.default_rng(len(chosen)).standard_normal(int(QUIET_S * SAMPLE_RATE)).astype(np.float32) * 1e-3
+    for utterance in chosen:
+        session.spans.append((cursor, cursor + len(utterance.audio)))
+        session.ends.append(cursor + utterance.speech_end)
+        pieces += [utterance.audio, quiet]
+        cursor += len(utterance.audio) + len(quiet)
+    session.audio = np.concatenate(pieces)
+    return session
+
+
+async def run_session(url: str, session: Session, config: dict, finalize_after_s: float | None,
+                      speed: float = 1.0) -> list[float]:
+    """Stream one session; TTFS (ms) of each utterance (NaN where no final covered it)."""
+    import websockets
+
+    from deployments.speech.audio import float_to_pcm16
+
+    frame = int(FRAME_S * SAMPLE_RATE)
+    sent_at: dict[int, float] = {}  # utterance index -> when the frame holding its true end was sent
+    finals: list[tuple[dict, float]] = []
+    finalize_at = [end + int((finalize_after_s or 0) * SAMPLE_RATE) for end in session.ends]
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps(config))
+
+        async def send() -> None:
+            started = time.perf_counter()
+            pending = 0
+            for start in range(0, len(session.audio), frame):
+                await ws.send(float_to_pcm16(session.audio[start:start + frame]))
+                now = time.perf_counter()
+                for index, end in enumerate(session.ends):
+                    if index not in sent_at and start <= end < start + frame:
+                        sent_at[index] = now
+                if finalize_after_s is not None and pending < len(finalize_at) and \
+                        finalize_at[pending] < start + frame:
+                    await ws.send(json.dumps({"type": "finalize"}))
+                    pending += 1
+                due = (start + frame) / SAMPLE_RATE / speed
+                await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
+            await ws.send(json.dumps({"type": "end"}))
+
+        sender = asyncio.create_task(send())
+        async for message in ws:
+            event = json.loads(message)
+            if event["type"] == "final":
+                finals.append((event, time.perf_counter()))
+            elif event["type"] == "error":
+                raise RuntimeError(event)
+        await sender
+    latencies = []
+    for index, (start, end) in enumerate(session.spans):
+        covering = [at for event, at in finals if event["start"] * SAMPLE_RATE < session.ends[index]
+                    <= event["end"] * SAMPLE_RATE + 1]
+        latencies.append((covering[0] - sent_at[index]) * 1000 if covering and index in sent_at else float("nan"))
+    return latencies
+
+
+def percentiles(values: list[float]) -> dict:
+    kept = sorted(v for v in values if v == v)
+    if not kept:
+        return {"n": 0}
+
+    def at(q: float) -> float:
+        return round(kept[min(len(kept) - 1, int(round(q * (len(kept) - 1))))], 1)
+
+    return {"n": len(kept), "missed": len(values) - len(kept), "p50_ms": at(0.5), "p95_ms": at(0.95),
+            "p99_ms": at(0.99)}
+
+
+def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize_after_s: float | None,
+         uploads: int = 0, seed: int = 0) -> dict:
+    """``sessions`` concurrent streams (staggered starts) of ``per_session`` utterances each."""
+    import httpx
+
+    pool = utterances()
+    rng = random.Random(seed)
+    plans = [session_audio(rng.sample(pool, per_session), lead_s=0.5 + rng.uniform(0, 2.0)) for _ in range(sessions)]
+    url = served.url.replace("http", "ws") + "/v1/audio/stream"
+    stop = threading.Event()
+    upload_audio = encode(synthetic_speech(180, seed=7))
+
+    def upload_loop() -> None:
+        while not stop.is_set():
+            httpx.post(served.url + "/v1/audio/transcriptions", files={"file": ("a.wav", upload_audio)},
+                       timeout=600).raise_for_status()
+
+    threads = [threading.Thread(target=upload_loop, daemon=True) for _ in range(uploads)]
+    for thread in threads:
+        thread.start()
+    if uploads:
+        time.sleep(2.0)  # the uploads' segments are queued in the Transcriber before the first turn ends
+
+    async def everyone() -> list[list[float]]:
+        return await asyncio.gather(*[run_session(url, plan, config, finalize_after_s) for plan in plans])
+
+    try:
+        latencies = [v for per in asyncio.run(everyone()) for v in per]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=600)
+    return {"sessions": sessions, "utterances": len(latencies), **percentiles(latencies)}
+
+
+def partial_cost(served: Served, lengths: list[float]) -> list[dict]:
+    """Model seconds per second of live audio for unbroken turns of each length (partials every second)."""
+    rows = []
+    url = served.url.replace("http", "ws") + "/v1/audio/stream"
+    for seconds in lengths:
+        count = max(1, int(round(30 / seconds)))
+        rng = random.Random(int(seconds))
+        recordings = []
+        for _ in range(count):
+            words, total = [], 0.0
+            while total < seconds:
+                words.append(rng.choice(["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
+                total += 0.4
+            recordings.append(long_recording([words], rng, voice=rng.choice(heldout()["voices"]),
+                                             word_gap_s=(0.0, 0.0), lead_s=0.3, tail_s=0.0).audio)
+        plan = session_audio([Utterance(a, "", true_end(a)) for a in recordings], lead_s=0.3)
+        turn_audio = sum(len(a) for a in recordings) / SAMPLE_RATE
+        before = served.stats()["model_seconds"]
+        asyncio.run(run_session(url, plan, {"partials": True, "end_of_utterance_ms": 500}, None, speed=2.0))
+        spent = served.stats()["model_seconds"] - before
+        rows.append({"turn_s": round(turn_audio / count, 1), "turns": count,
+                     "model_ms_per_audio_s": round(spent * 1000 / turn_audio, 2)})
+        print(f"partial cost: {rows[-1]}", flush=True)
+    return rows
+
+
+def fast_streaming(served: Served, minutes: list[float], rounds: int) -> list[dict]:
+    """Whole files in 1024-byte frames as fast as possible (timestamps, partials on) / the offline path."""
+    import httpx
+
+    from deployments.speech.audio import float_to_pcm16
+    from deployments.stream_client import stream_pcm
+
+    rows = []
+    for m in minutes:
+        audio = synthetic_speech(m * 60, seed=int(m * 60))
+        wav, pcm = encode(audio), float_to_pcm16(audio)
+        streamed, offline = [], []
+        for round_ in range(rounds + 1):  # the first round warms up
+            started = time.perf_counter()
+            httpx.post(served.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, timeout=3600,
+                       data={"response_format": "verbose_json", "timestamp_granularities[]": "word"}
+                       ).raise_for_status()
+            offline.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            outcome = asyncio.run(stream_pcm(served.url.replace("http", "ws") + "/v1/audio/stream", pcm,
+                                             {"timestamps": True}))
+            assert outcome.events[-1] == {"type": "done"}, outcome.events[-1:]
+            streamed.append(time.perf_counter() - started)
+        s, o = statistics.median(streamed[1:]), statistics.median(offline[1:])
+        rows.append({"minutes": m, "stream_ms": round(s * 1000), "offline_ms": round(o * 1000),
+                     "stream_over_offline": round(s / o, 3)})
+        print(f"fast streaming: {rows[-1]}", flush=True)
+    return rows
+
+
+def splits(served: Served, pause_ms: int) -> dict:
+    """Held-out utterances (no inner pauses) at a ``pause_ms`` pause: finals per utterance, and finals equal to the
+    offline path's text for the same audio."""
+    import httpx
+
+    pool = utterances()
+    plan = session_audio(pool, lead_s=0.5)
+    finals: list[dict] = []
+
+    async def go() -> None:
+        import websockets
+
+        from deployments.speech.audio import float_to_pcm16
+
+        async with websockets.connect(served.url.replace("http", "ws") + "/v1/audio/stream", max_size=None) as ws:
+            await ws.send(json.dumps({"end_of_utterance_ms": pause_ms, "partials": False}))
+            pcm = float_to_pcm16(plan.audio)
+            for start in range(0, len(pcm), 6400):  # 200 ms frames, 4x real time
+                await ws.send(pcm[start:start + 6400])
+                await asyncio.sleep(0.05)
+            await ws.send(json.dumps({"type": "end"}))
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "final":
+                    finals.append(event)
+
+    asyncio.run(go())
+    per_utterance = [sum(1 for f in finals if start <= (f["start"] + f["end"]) / 2 * SAMPLE_RATE < end)
+                     for start, end in plan.spans]
+    same = 0
+    for event in finals:
+        piece = plan.audio[int(round(event["start"] * SAMPLE_RATE)):int(round(event["end"] * SAMPLE_RATE))]
+        offline = httpx.post(served.url + "/v1/audio/transcriptions", files={"file": ("a.wav", encode(piece))},
+                             timeout=120).json()["text"]
+        same += offline == event["text"]
+    return {"pause_ms": pause_ms, "utterances": len(pool), "split": sum(n > 1 for n in per_utterance),
+            "missed": sum(n == 0 for n in per_utterance), "finals": len(finals),
+            "finals_equal_offline": round(same / max(1, len(finals)), 3)}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Live turns: {report['name']}", "", f"`{report['command']}` ({report['machine']})", "",
+             "Time to final transcript from the true end of speech (ms):", "",
+             "| row | sessions | utterances | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
+    for row in report["ttfs"]:
+        lines.append(f"| {row['row']} | {row['sessions']} | {row.get('n', 0)} | {row.get('p50_ms')} | "
+                     f"{row.get('p95_ms')} | {row.get('p99_ms')} |")
+    if report.get("partial_cost"):
+        lines += ["", "Partial cost (model ms per second of live audio, unbroken turns, partials every second):", "",
+                  "| turn length (s) | turns | model ms / audio s |", "|---|---|---|"]
+        lines += [f"| {r['turn_s']} | {r['turns']} | {r['model_ms_per_audio_s']} |" for r in report["partial_cost"]]
+    if report.get("fast_streaming"):
+        lines += ["", "Streaming in 1024-byte frames as fast as possible, timestamps and partials on, / offline "
+                      "(timestamps):", "", "| minutes | stream ms | offline ms | ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['minutes']:g} | {r['stream_ms']} | {r['offline_ms']} | {r['stream_over_offline']} |"
+                  for r in report["fast_streaming"]]
+    if report.get("splits"):
+        lines += ["", "Held-out utterances (no inner pauses) by pause: utterances split into more than one final, "
+                      "and finals equal to the offline path's text for the same audio:", "",
+                  "| pause ms | utterances | split | missed | finals | equal to offline |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['pause_ms']} | {s['utterances']} | {s['split']} | {s['missed']} | {s['finals']} | "
+                  f"{s['finals_equal_offline']:.1%} |" for s in report["splits"]]
+    if report.get("checks"):
+        lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def checks(report: dict) -> dict:
+    rows = {(r["row"], r["sessions"]): r for r in report["ttfs"]}
+    out = {}
+
+    def get(row, sessions, key):
+        return rows.get((row, sessions), {}).get(key)
+
+    if get("finalize 200 ms", 1, "p50_ms") is not None:
+        out["finalize, 1 session: p50 <= 280, p95 <= 350"] = (get("finalize 200 ms", 1, "p50_ms"),
+                                                               get("finalize 200 ms", 1, "p95_ms"))
+        out["finalize, 8 sessions: p50 <= 350, p95 <= 500"] = (get("finalize 200 ms", 8, "p50_ms"),
+                                                                get("finalize 200 ms", 8, "p95_ms"))
+        if get("finalize 200 ms", 16, "p95_ms") is not None:
+            out["16 / 1 session p95 (<= 2)"] = round(get("finalize 200 ms", 16, "p95_ms")
+                                                     / get("finalize 200 ms", 1, "p95_ms"), 2)
+        if get("finalize 200 ms + 2 uploads", 8, "p50_ms") is not None:
+            out["8 sessions with / without uploads, p50 (<= 1.5)"] = round(
+                get("finalize 200 ms + 2 uploads", 8, "p50_ms") / get("finalize 200 ms", 8, "p50_ms"), 2)
+    if get("pause 300 ms", 1, "p50_ms") is not None:
+        out["pause 300 ms, 1 session: p50 <= 400"] = get("pause 300 ms", 1, "p50_ms")
+    default = report.get("default_pause_ms")
+    if get(f"pause {default} ms (default)", 1, "p50_ms") is not None:
+        out[f"default pause, 1 session: p50 <= {default + 100}"] = get(f"pause {default} ms (default)", 1, "p50_ms")
+    if report.get("partial_cost"):
+        costs = [r["model_ms_per_audio_s"] for r in report["partial_cost"]]
+        out["partial cost, longest / shortest turn (<= 1.5)"] = round(max(costs) / min(costs), 2)
+    if report.get("fast_streaming"):
+        out["fast streaming / offline (<= 1.3)"] = [r["stream_over_offline"] for r in report["fast_streaming"]]
+    for s in report.get("splits", []):
+        if s["pause_ms"] == 300:
+            out["splits at 300 ms (0) / finals equal offline (>= 98 %)"] = (s["split"], s["finals_equal_offline"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="digits", help="digits | tiny | full-random | <.nemo path or HF id>")
+    parser.add_argument("--name", default="live-turns-digits-cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--before", action="store_true", help="server-pause rows only (a service without finalize)")
+    parser.add_argument("--minutes", type=float, nargs="*", default=[1, 3, 15], help="fast-streaming rows")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    import os
+    import platform
+
+    from deployments.speech.settings import StreamSettings
+
+    path = model_path(args.model, Path("/tmp/parakeet-bench"))
+    served = Served(path, 4, 15, {})
+    default = StreamSettings().end_of_utterance_ms
+    report = {"name": args.name, "command": "python -m bench.turns " + " ".join(argv or []),
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "default_pause_ms": default, "ttfs": []}
+    many = 2 if args.quick else 5  # utterances per session when several sessions run
+    one = 6 if args.quick else 20
+    plan = [(f"pause {default} ms (default)", 1, one, {}, None, 0)]
+    if not args.before:  # (a service without per-stream turn rules knows only its default)
+        plan.insert(0, ("pause 300 ms", 1, one, {"end_of_utterance_ms": 300}, None, 0))
+        plan = [("finalize 200 ms", 1, one, {"end_of_utterance_ms": 2000}, 0.2, 0),
+                ("finalize 200 ms", 8, many, {"end_of_utterance_ms": 2000}, 0.2, 0),
+                ("finalize 200 ms", 16, many, {"end_of_utterance_ms": 2000}, 0.2, 0),
+                ("finalize 200 ms + 2 uploads", 8, many, {"end_of_utterance_ms": 2000}, 0.2, 2)] + plan
+    try:
+        for row, sessions, per, config, finalize_after, uploads in plan:
+            result = {"row": row, **ttfs(served, sessions, per, {"partials": True, **config}, finalize_after,
+                                         uploads, seed=sessions)}
+            report["ttfs"].append(result)
+            print(f"ttfs: {result}", flush=True)
+        if not args.before:
+            report["partial_cost"] = partial_cost(served, [2, 10] if args.quick else [2, 10, 30])
+            report["fast_streaming"] = fast_streaming(served, [1 / 3] if args.quick else args.minutes,
+                                                      1 if args.quick else 2)
+            report["splits"] = [splits(served, pause) for pause in ((300,) if args.quick else (200, 300, 500))]
+            print(f"splits: {report['splits']}", flush=True)
+    finally:
+        served.shutdown()
+    report["checks"] = checks(report)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
