@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech
 from bench.run import RESULTS, Served, model_path
+from deployments.speech.model_queue import PRIORITIES
 
 FRAME_S = 0.02
 QUIET_S = 1.6
@@ -124,10 +125,13 @@ async def run_session(url: str, session: Session, config: dict, finalize_after_s
                 raise RuntimeError(event)
         await sender
     latencies = []
-    for index, (start, end) in enumerate(session.spans):
-        covering = [at for event, at in finals if event["start"] * SAMPLE_RATE < session.ends[index]
-                    <= event["end"] * SAMPLE_RATE + 1]
-        latencies.append((covering[0] - sent_at[index]) * 1000 if covering and index in sent_at else float("nan"))
+    for index, (start, _) in enumerate(session.spans):
+        # the utterance's final: the last one that overlaps its speech (VAD may end speech a little before our
+        # energy-based true end, so "contains the end" would miss some)
+        overlapping = [at for event, at in finals if event["start"] * SAMPLE_RATE < session.ends[index]
+                       and event["end"] * SAMPLE_RATE > start]
+        latencies.append((overlapping[-1] - sent_at[index]) * 1000 if overlapping and index in sent_at
+                         else float("nan"))
     return latencies
 
 
@@ -195,11 +199,14 @@ def partial_cost(served: Served, lengths: list[float]) -> list[dict]:
                                              word_gap_s=(0.0, 0.0), lead_s=0.3, tail_s=0.0).audio)
         plan = session_audio([Utterance(a, "", true_end(a)) for a in recordings], lead_s=0.3)
         turn_audio = sum(len(a) for a in recordings) / SAMPLE_RATE
-        before = served.stats()["model_seconds"]
+        before = served.stats()
         asyncio.run(run_session(url, plan, {"partials": True, "end_of_utterance_ms": 500}, None, speed=2.0))
-        spent = served.stats()["model_seconds"] - before
+        after = served.stats()
+        spent = after["model_seconds"] - before["model_seconds"]
+        calls = {name: after["calls_started"][PRIORITIES[name]] - before["calls_started"][PRIORITIES[name]]
+                 for name in ("final", "draft", "partial")}
         rows.append({"turn_s": round(turn_audio / count, 1), "turns": count,
-                     "model_ms_per_audio_s": round(spent * 1000 / turn_audio, 2)})
+                     "model_ms_per_audio_s": round(spent * 1000 / turn_audio, 2), "model_calls": calls})
         print(f"partial cost: {rows[-1]}", flush=True)
     return rows
 

@@ -59,14 +59,19 @@ def merged_options(base: DeploymentOptions, overrides: DeploymentOptions | None)
 
 
 def cluster_gpus() -> float:
-    """GPUs in the Ray cluster this app is being deployed to (0 when Ray is not up or has none)."""
+    """GPUs in the Ray cluster this app is being deployed to. A count that cannot be read is said loudly (an ERROR
+    naming the reason and the setting that avoids the guess) before the app falls back to the CPU: a GPU cluster
+    served on the CPU is fifty times slower, and nobody should learn that from the latency."""
     try:
         import ray
 
         if not ray.is_initialized():
             ray.init(ignore_reinit_error=True, log_to_driver=False)
         return float(ray.cluster_resources().get("GPU", 0))
-    except Exception:  # noqa: BLE001 - no cluster to ask: assume CPU
+    except Exception as exc:  # noqa: BLE001 - any failure: say it, then assume no GPU
+        log.error("transcriber_gpus is 'auto' but the Ray cluster's GPUs could not be read (%s: %s): serving on "
+                  "the CPU. Set transcriber_gpus (PARAKEET_TRANSCRIBER_GPUS=1) to use GPUs without asking Ray.",
+                  type(exc).__name__, exc)
         return 0.0
 
 

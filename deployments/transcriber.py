@@ -6,7 +6,7 @@ replica that holds it, loading it there on demand, least recently used evicted p
 Batching (``BatchSettings``) is the deployment's ``user_config``: Ray calls ``reconfigure`` after start-up and on
 every change, and a batch bigger than any run so far is warmed up there before traffic uses it.
 
-Each kind of work has its own batch queue (live finals, live partials, file segments, background jobs), all with the
+Each kind of work has its own batch queue (live finals, first passes, partials, file segments, background jobs), all with the
 same batching, and the model takes the most urgent waiting batch next (``speech/model_queue.py``): a live turn's
 final never waits behind an upload's segments, only behind the one model call already running.
 """
@@ -79,8 +79,8 @@ class Transcriber:
         self.default_model = settings.default_model.id
         # One worker thread: model work (and loading) is serialised, most urgent first, never on the event loop.
         self._queue = ModelQueue()
-        self._batchers = {"final": self._final_batch, "partial": self._partial_batch, "file": self._file_batch,
-                          "job": self._job_batch}
+        self._batchers = {"final": self._final_batch, "draft": self._draft_batch, "partial": self._partial_batch,
+                          "file": self._file_batch, "job": self._job_batch}
         # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
         self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
         self.batching = DEFAULT_BATCHING
@@ -163,7 +163,7 @@ class Transcriber:
                          priority: str = "file") -> SegmentTokens:
         """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used) by the model
         the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default). ``priority``
-        (``final``, ``partial``, ``file``, ``job``) picks the batch queue: the model takes the most urgent first."""
+        (``final``, ``draft``, ``partial``, ``file``, ``job``) picks the batch queue: the model takes the most urgent first."""
         model_id = serve.get_multiplexed_model_id() or self.default_model
         if priority not in PRIORITIES:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}.", code="invalid_priority")
@@ -189,6 +189,12 @@ class Transcriber:
     async def _final_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
                            ) -> list[SegmentTokens | ItemFailure]:
         return await self._transcribe_batch("final", segments, model_ids, arrivals)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
+    async def _draft_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
+                           ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch("draft", segments, model_ids, arrivals)
 
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
                  batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)

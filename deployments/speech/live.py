@@ -40,11 +40,12 @@ from .schemas import Segment, SegmentTokens, SpeechSegment, Word, token_logprobs
 from .settings import StreamSettings, TurnRules, VadSettings
 from .timestamps import segment_words
 
-Priority = Literal["final", "partial"]
+Priority = Literal["final", "draft", "partial"]
 VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
 Transcribe = Callable[[np.ndarray, Priority], Awaitable[SegmentTokens]]
 Align = Callable[[list[tuple[SegmentTokens, float, float]], float], Awaitable[tuple[list[Word], list[Segment]]]]
 _END = object()
+DRAFT_BACKLOG = SAMPLE_RATE // 5  # no first pass while more than 200 ms of the stream's audio waits to be read
 
 
 @dataclass(frozen=True)
@@ -341,9 +342,13 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     drafts = _Drafts()
     wall = {"partial": 0.0}
 
+    waiting = [0]  # samples queued for the segmenter
+
     async def read() -> None:
         try:
             async for chunk in chunks:
+                if isinstance(chunk, np.ndarray):
+                    waiting[0] += len(chunk)
                 await incoming.put(chunk)
         except BaseException as exc:  # noqa: BLE001 - hand transport errors to the consumer
             await incoming.put(exc)
@@ -383,11 +388,13 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
             elif utterance.kind == "first_pass":
                 drafts.drop()
                 drafts.span = utterance.span
-                drafts.tokens = asyncio.ensure_future(transcribe(audio.cut(*utterance.span), "final"))
+                drafts.tokens = asyncio.ensure_future(transcribe(audio.cut(*utterance.span), "draft"))
             elif utterance.final:
                 if turns:
                     await announce(SpeechStopped(id=utterance.id, end=round(utterance.end / SAMPLE_RATE, 3)))
                 partial_texts.pop(utterance.id, None)
+                for stale in partial_in_flight:  # a partial of a turn now final would only hold its final back
+                    stale.cancel()
                 tokens = drafts.take(utterance.span) or transcribe(audio.cut(*utterance.span), "final")
                 await results.put(asyncio.ensure_future(final_event(utterance, tokens)))
             else:  # a partial: one at a time, and no more often than every partial interval of wall-clock time
@@ -404,6 +411,21 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
         if drafts.span is not None and joiner.drafted != drafts.span:
             drafts.drop()  # speech resumed (or the turn changed) before the first pass was used
 
+    min_step = int(stream.min_step_ms * SAMPLE_RATE / 1000)
+
+    async def gather_a_step(items: list) -> None:
+        """Wait (up to the step's own length) for at least ``min_step`` of audio, unless a control, the end or an
+        error is already here: a real-time client's 20 ms frames become a few VAD calls instead of one each."""
+        deadline = time.monotonic() + stream.min_step_ms / 1000
+        while sum(p.size for p in items if isinstance(p, np.ndarray)) < min_step and \
+                all(isinstance(p, np.ndarray) for p in items):
+            try:
+                items.append(await asyncio.wait_for(incoming.get(), max(0.0, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                return
+            while not incoming.empty():
+                items.append(incoming.get_nowait())
+
     async def segment() -> None:
         state = LiveVadState.new(vad)
         step: LiveVadStep | None = None
@@ -413,8 +435,10 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
                 items = [await incoming.get()]
                 while not incoming.empty():
                     items.append(incoming.get_nowait())
+                await gather_a_step(items)
                 if any(isinstance(p, BaseException) for p in items):
                     raise next(p for p in items if isinstance(p, BaseException))
+                waiting[0] -= sum(len(p) for p in items if isinstance(p, np.ndarray))
                 ended = any(p is _END for p in items)
                 runs = _runs([p for p in items if p is not _END])
                 for number, (arrays, control) in enumerate(runs):
@@ -427,7 +451,10 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
                         for index, (piece, last) in enumerate(pieces):
                             step = await vad_step(state, piece, last)
                             state = step.state
-                            at_edge = last_run and index == len(pieces) - 1 and incoming.empty()
+                            # a first pass helps when the stream is caught up: with more audio already waiting (a
+                            # client sending faster than real time, or a busy service) the turn's end is known
+                            # before a first pass could help, and a first pass per pause would add model work
+                            at_edge = last_run and index == len(pieces) - 1 and waiting[0] < DRAFT_BACKLOG
                             await issue(joiner.update(step, draft=at_edge))
                             audio.drop_before(joiner.keep_from(step))
                     if isinstance(control, Finalize):
@@ -446,7 +473,14 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
                 break
             if isinstance(item, BaseException):
                 raise item
-            event = await item
+            if item.cancelled():
+                continue  # a stale partial (its turn went final first)
+            try:
+                event = await item
+            except asyncio.CancelledError:
+                if item.cancelled() and not asyncio.current_task().cancelling():
+                    continue  # cancelled as stale while we waited for it; this consumer goes on
+                raise
             if event is not None:
                 yield event
     finally:

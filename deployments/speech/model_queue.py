@@ -2,8 +2,9 @@
 
 A replica's model runs one call at a time (on a GPU, concurrent calls only contend). Each kind of work comes from
 its own batch queue (``@serve.batch`` per priority), so when the model finishes a call, the next one it runs is the
-most urgent waiting: a live turn's final (or first pass), then a live partial, then a file's segments, then
-background jobs'. A live final therefore waits for at most the one call already running, however long the
+most urgent waiting: a live turn's final, then a first pass (a final-to-be, cancelled while it waits if speech
+resumes, so under load speculative work gives way), then a live partial, then a file's segments, then background
+jobs'. A live final therefore waits for at most the one call already running, however long the
 upload beside it. Within a priority, calls run in the order they came.
 """
 
@@ -17,8 +18,8 @@ from typing import Any, Callable
 
 # lower runs first; CONTROL is the model's own work (loading, warm-up)
 CONTROL = -1
-PRIORITIES = {"final": 0, "partial": 1, "file": 2, "job": 3}
-LIVE = ("final", "partial")
+PRIORITIES = {"final": 0, "draft": 1, "partial": 2, "file": 3, "job": 4}
+LIVE = ("final", "draft", "partial")
 
 
 class ModelQueue:

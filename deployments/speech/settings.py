@@ -106,6 +106,10 @@ class StreamSettings(BaseModel):
     first_pass: bool = Field(True, description="transcribe the open turn as soon as speech stops, so its final is "
                                                "ready when the pause (or the client) ends the turn; the finals are "
                                                "the same either way")
+    min_step_ms: int = Field(64, ge=0, le=1000, description="a live stream's audio goes through VAD in steps of at "
+                                                           "least this much (or whatever arrived within that "
+                                                           "long): fewer, larger Segmenter calls for clients that "
+                                                           "send 20 ms frames. A finalize or the end flushes at once")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
     max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "
@@ -146,8 +150,8 @@ class BatchSettings(BaseModel):
 # The model names OpenAI's and Deepgram's clients send by default (their SDKs, Pipecat's and LiveKit's plugins) ->
 # the default served model.
 DEFAULT_MODEL_ALIASES = {name: "" for name in (
-    "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize",
-    "gpt-realtime-whisper", "nova-3", "nova-3-general", "nova-2", "nova-2-general", "nova-2-phonecall",
+    "whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper", "gpt-live-transcribe", "nova-3", "nova-3-general", "nova-2", "nova-2-general", "nova-2-phonecall",
     "nova-2-meeting", "nova", "enhanced", "base")}
 
 

@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from deployments.speech.audio import float_to_pcm16
+from deployments.speech.model_queue import PRIORITIES
 from deployments.stream_client import stream_pcm
 from tests.helpers import (SAMPLE_RATE, Recording, encode, long_recording, normalise, phrase_recording,
                            random_phrases, word_errors)
@@ -335,8 +336,8 @@ def test_a_live_final_waits_for_at_most_one_batch_while_a_long_upload_runs(app):
     recording, _ = two_phrases(gap_s=0.8, voice=3)
     thread = threading.Thread(target=send_upload, daemon=True)
     thread.start()
-    file_calls = lambda: transcriber.stats.remote().result()["calls_started"][2]  # noqa: E731 - priority "file"
-    wait_for(lambda: file_calls() >= before["calls_started"][2] + 2, timeout=60)
+    file_calls = lambda: transcriber.stats.remote().result()["calls_started"][PRIORITIES["file"]]  # noqa: E731
+    wait_for(lambda: file_calls() >= before["calls_started"][PRIORITIES["file"]] + 2, timeout=60)
     got = finals(asyncio.run(converse(app, recording.audio, {"end_of_utterance_ms": 500, "partials": False},
                                       speed=4)))
     assert not done.is_set(), "the upload was still running when the live finals came"

@@ -124,3 +124,179 @@ def test_listen_prerecorded_and_bad_parameters(app):
 
     assert asyncio.run(upgrade("encoding=opus")) == 400
     assert asyncio.run(upgrade("model=nova-9")) == 404
+
+
+# ---------------------------------------------------------------------------------------------- the real plugins
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return float_to_pcm16(audio)
+
+
+def check_against_offline(app, audio: np.ndarray, transcripts: list[str]) -> None:
+    """The plugin's transcripts, joined, are the offline path's for the same audio, word for word."""
+    assert normalise(" ".join(transcripts)) == normalise(offline_text(app, audio)), transcripts
+
+
+@pytest.fixture(scope="module")
+def turn():
+    """One held-out utterance with quiet around it, and where its speech ends (samples)."""
+    audio, _ = heldout()["utterances"][5]
+    quiet = np.random.default_rng(2).standard_normal(SAMPLE_RATE).astype(np.float32) * 1e-3
+    return np.concatenate([quiet[:SAMPLE_RATE // 2], audio, quiet]), SAMPLE_RATE // 2 + len(audio)
+
+
+def test_livekit_openai_stt_over_http(app, turn):
+    from livekit import rtc
+    from livekit.plugins import openai as livekit_openai
+
+    audio, _ = turn
+
+    async def run() -> str:
+        stt = livekit_openai.STT(base_url=app.url + "/v1", api_key="unused")
+        frame = rtc.AudioFrame(data=pcm16(audio), sample_rate=SAMPLE_RATE, num_channels=1,
+                               samples_per_channel=len(audio))
+        event = await stt.recognize(frame)
+        return event.alternatives[0].text
+
+    check_against_offline(app, audio, [asyncio.run(run())])
+
+
+def livekit_frames(audio: np.ndarray, frame_samples: int = FRAME):
+    from livekit import rtc
+
+    for start in range(0, len(audio), frame_samples):
+        piece = audio[start:start + frame_samples]
+        yield rtc.AudioFrame(data=pcm16(piece), sample_rate=SAMPLE_RATE, num_channels=1,
+                             samples_per_channel=len(piece))
+
+
+async def livekit_stream(stt, audio: np.ndarray, speed: float = 4.0) -> list[str]:
+    """Push the audio through ``stt.stream()`` (paced), end the input, and collect final transcripts until the turn's
+    final has come (a plugin that pools its socket keeps the stream open after the input ends)."""
+    from livekit.agents import stt as agents_stt
+
+    stream = stt.stream()
+    finals: list[str] = []
+
+    async def read() -> None:
+        async for event in stream:
+            if event.type == agents_stt.SpeechEventType.FINAL_TRANSCRIPT and event.alternatives[0].text:
+                finals.append(event.alternatives[0].text)
+
+    reader = asyncio.create_task(read())
+    for frame in livekit_frames(audio):
+        stream.push_frame(frame)
+        await asyncio.sleep(FRAME / SAMPLE_RATE / speed)
+    stream.end_input()
+    for _ in range(600):
+        if finals or reader.done():
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # any later final of the same audio
+    await stream.aclose()
+    reader.cancel()
+    return finals
+
+
+def test_livekit_openai_stt_realtime_with_server_turns(app, turn):
+    import aiohttp
+    from livekit.plugins import openai as livekit_openai
+
+    audio, _ = turn
+
+    async def run() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            stt = livekit_openai.STT(base_url=app.url + "/v1", api_key="unused", use_realtime=True)
+            stt._session = session  # (outside an agent job there is no shared HTTP context)
+            try:
+                return await livekit_stream(stt, audio)
+            finally:
+                await stt.aclose()
+
+    check_against_offline(app, audio, asyncio.run(run()))
+
+
+def test_livekit_deepgram_stt_with_server_endpointing_and_recognize(app, turn):
+    import aiohttp
+    from livekit.plugins import deepgram as livekit_deepgram
+
+    audio, _ = turn
+
+    async def run() -> tuple[list[str], str]:
+        async with aiohttp.ClientSession() as session:
+            stt = livekit_deepgram.STT(base_url=app.url + "/v1/listen", api_key="unused", http_session=session)
+            streamed = await livekit_stream(stt, audio)
+            frame = next(livekit_frames(audio, len(audio)))
+            recognised = (await stt.recognize(frame)).alternatives[0].text
+            return streamed, recognised
+
+    streamed, recognised = asyncio.run(run())
+    check_against_offline(app, audio, streamed)
+    check_against_offline(app, audio, [recognised])
+
+
+async def pipecat_transcripts(service, audio: np.ndarray, speech_end: int, speed: float = 4.0) -> list[str]:
+    """A Pipecat pipeline of just the STT service and a collector: the audio as 20 ms input frames (paced), the
+    user's VAD saying speech started and, 200 ms after the speech ends, stopped; the final transcripts."""
+    from pipecat.frames.frames import (EndFrame, InputAudioRawFrame, TranscriptionFrame, VADUserStartedSpeakingFrame,
+                                       VADUserStoppedSpeakingFrame)
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineParams, PipelineTask
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    texts: list[str] = []
+
+    class Collect(FrameProcessor):
+        async def process_frame(self, frame, direction: FrameDirection):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, TranscriptionFrame):
+                texts.append(frame.text)
+            await self.push_frame(frame, direction)
+
+    task = PipelineTask(Pipeline([service, Collect()]), params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+                        enable_rtvi=False)
+
+    async def feed() -> None:
+        await asyncio.sleep(0.5)  # the service connects on the pipeline's start
+        stop_at = speech_end + SAMPLE_RATE // 5
+        await task.queue_frame(VADUserStartedSpeakingFrame())
+        for start in range(0, len(audio), FRAME):
+            await task.queue_frame(InputAudioRawFrame(audio=pcm16(audio[start:start + FRAME]),
+                                                      sample_rate=SAMPLE_RATE, num_channels=1))
+            if start < stop_at <= start + FRAME:
+                await task.queue_frame(VADUserStoppedSpeakingFrame())
+            await asyncio.sleep(FRAME / SAMPLE_RATE / speed)
+        for _ in range(200):  # the transcript of the turn, then the end
+            if texts:
+                break
+            await asyncio.sleep(0.1)
+        await task.queue_frame(EndFrame())
+
+    await asyncio.wait_for(asyncio.gather(PipelineRunner(handle_sigint=False).run(task), feed()), 120)
+    return texts
+
+
+def test_pipecat_openai_stt_over_http(app, turn):
+    from pipecat.services.openai.stt import OpenAISTTService
+
+    audio, speech_end = turn
+    texts = asyncio.run(pipecat_transcripts(OpenAISTTService(base_url=app.url + "/v1", api_key="unused"), audio,
+                                            speech_end))
+    check_against_offline(app, audio, texts)
+
+
+def test_pipecat_openai_realtime_stt_with_its_own_commits(app, turn):
+    from pipecat.services.openai.stt import OpenAIRealtimeSTTService
+
+    audio, speech_end = turn
+    service = OpenAIRealtimeSTTService(base_url=ws_base(app) + "/v1/realtime", api_key="unused")
+    check_against_offline(app, audio, asyncio.run(pipecat_transcripts(service, audio, speech_end)))
+
+
+def test_pipecat_deepgram_stt_finalizes_at_its_vads_stop(app, turn):
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+
+    audio, speech_end = turn
+    service = DeepgramSTTService(base_url=app.url, api_key="unused")
+    check_against_offline(app, audio, asyncio.run(pipecat_transcripts(service, audio, speech_end)))

@@ -233,6 +233,7 @@ def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
     # all the audio arrives at once: no first pass is worth making (the turn's end is known before it could help)
     assert sum(priority == "final" for priority, _ in calls) == len(finals)
+    assert not any(priority == "draft" for priority, _ in calls)
 
 
 def test_the_first_pass_changes_when_a_final_is_ready_not_what_it_is(recordings):
@@ -244,8 +245,10 @@ def test_the_first_pass_changes_when_a_final_is_ready_not_what_it_is(recordings)
                                         stream=StreamSettings(first_pass=False))
         finals = [(e.start, e.end, e.text) for e in with_first if isinstance(e, FinalEvent)]
         assert finals == [(e.start, e.end, e.text) for e in without if isinstance(e, FinalEvent)]
-        assert sum(p == "final" for p, _ in plain_calls) == len(finals)
-        assert sum(p == "final" for p, _ in calls) >= len(finals), "first passes were made"
+        assert sum(p == "final" for p, _ in plain_calls) == len(finals) and "draft" not in dict(plain_calls)
+        drafted = sum(p == "draft" for p, _ in calls)
+        assert drafted >= 1, "first passes were made"
+        assert sum(p == "final" for p, _ in calls) < len(finals), "some finals came from their first pass"
 
 
 def test_finalize_through_the_event_loop(recordings):

@@ -135,3 +135,21 @@ def test_a_missing_config_file_or_wheelhouse_is_one_clear_line(tmp_path):
         preflight.main([str(tmp_path / "missing.yaml")])
     with pytest.raises(SystemExit, match="is not a wheelhouse: build one with `make wheelhouse`"):
         wheelhouse.install_offline(tmp_path)
+
+
+def test_a_gpu_count_that_cannot_be_read_is_said_loudly(monkeypatch, caplog):
+    import logging
+
+    import ray
+
+    from deployments import app
+
+    def broken():
+        raise ConnectionError("GCS unreachable")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", broken)
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):
+        assert app.cluster_gpus() == 0.0
+    assert any(r.levelno == logging.ERROR and "GCS unreachable" in r.getMessage() and "PARAKEET_TRANSCRIBER_GPUS"
+               in r.getMessage() for r in caplog.records)
