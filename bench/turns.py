@@ -38,7 +38,6 @@ import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech
 from bench.run import RESULTS, Served, model_path
-from deployments.speech.model_queue import PRIORITIES
 
 FRAME_S = 0.02
 QUIET_S = 1.6
@@ -87,17 +86,23 @@ def session_audio(chosen: list[Utterance], lead_s: float) -> Session:
 
 async def run_session(url: str, session: Session, config: dict, finalize_after_s: float | None,
                       speed: float = 1.0) -> list[float]:
-    """Stream one session; TTFS (ms) of each utterance (NaN where no final covered it)."""
+    """Stream one session; TTFS (ms) of each utterance (NaN where no final covered it). A ``url`` ending in
+    ``/v1/listen...`` speaks Deepgram's protocol (what Pipecat's Deepgram service sends: ``Finalize``,
+    ``CloseStream``), anything else ours (``config`` first, ``finalize``, ``end``)."""
     import websockets
 
     from deployments.speech.audio import float_to_pcm16
 
+    deepgram = "/v1/listen" in url
+    finalize_message = {"type": "Finalize"} if deepgram else {"type": "finalize"}
+    end_message = {"type": "CloseStream"} if deepgram else {"type": "end"}
     frame = int(FRAME_S * SAMPLE_RATE)
     sent_at: dict[int, float] = {}  # utterance index -> when the frame holding its true end was sent
     finals: list[tuple[dict, float]] = []
     finalize_at = [end + int((finalize_after_s or 0) * SAMPLE_RATE) for end in session.ends]
     async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps(config))
+        if not deepgram:
+            await ws.send(json.dumps(config))
 
         async def send() -> None:
             started = time.perf_counter()
@@ -110,18 +115,22 @@ async def run_session(url: str, session: Session, config: dict, finalize_after_s
                         sent_at[index] = now
                 if finalize_after_s is not None and pending < len(finalize_at) and \
                         finalize_at[pending] < start + frame:
-                    await ws.send(json.dumps({"type": "finalize"}))
+                    await ws.send(json.dumps(finalize_message))
                     pending += 1
                 due = (start + frame) / SAMPLE_RATE / speed
                 await asyncio.sleep(max(0.0, due - (time.perf_counter() - started)))
-            await ws.send(json.dumps({"type": "end"}))
+            await ws.send(json.dumps(end_message))
 
         sender = asyncio.create_task(send())
         async for message in ws:
             event = json.loads(message)
             if event["type"] == "final":
                 finals.append((event, time.perf_counter()))
-            elif event["type"] == "error":
+            elif event["type"] == "Results" and event["is_final"] and \
+                    event["channel"]["alternatives"][0]["transcript"]:
+                finals.append(({"start": event["start"], "end": event["start"] + event["duration"]},
+                               time.perf_counter()))
+            elif event["type"] in ("error", "Error"):
                 raise RuntimeError(event)
         await sender
     latencies = []
@@ -148,14 +157,14 @@ def percentiles(values: list[float]) -> dict:
 
 
 def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize_after_s: float | None,
-         uploads: int = 0, seed: int = 0) -> dict:
+         uploads: int = 0, seed: int = 0, path: str = "/v1/audio/stream") -> dict:
     """``sessions`` concurrent streams (staggered starts) of ``per_session`` utterances each."""
     import httpx
 
     pool = utterances()
     rng = random.Random(seed)
     plans = [session_audio(rng.sample(pool, per_session), lead_s=0.5 + rng.uniform(0, 2.0)) for _ in range(sessions)]
-    url = served.url.replace("http", "ws") + "/v1/audio/stream"
+    url = served.url.replace("http", "ws") + path
     stop = threading.Event()
     upload_audio = encode(synthetic_speech(180, seed=7))
 
@@ -184,6 +193,7 @@ def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize
 
 def partial_cost(served: Served, lengths: list[float]) -> list[dict]:
     """Model seconds per second of live audio for unbroken turns of each length (partials every second)."""
+    from deployments.speech.model_queue import PRIORITIES
     rows = []
     url = served.url.replace("http", "ws") + "/v1/audio/stream"
     for seconds in lengths:
@@ -241,6 +251,26 @@ def fast_streaming(served: Served, minutes: list[float], rounds: int) -> list[di
     return rows
 
 
+def listen_throughput(served: Served, streams: int, seconds: float) -> dict:
+    """``streams`` concurrent live streams, each ``seconds`` of speech sent as fast as possible in 20 ms frames, over
+    ``/v1/listen`` and over ``/v1/audio/stream`` (interleaved, best of two each): audio seconds per second."""
+    audios = [synthetic_speech(seconds, seed=3000 + i) for i in range(streams)]
+    plans = [Session(audio, ends=[], spans=[]) for audio in audios]
+    base = served.url.replace("http", "ws")
+    rates: dict[str, list[float]] = {"listen": [], "stream": []}
+    for _ in range(2):
+        for name, path in (("listen", "/v1/listen?interim_results=true"), ("stream", "/v1/audio/stream")):
+            async def everyone() -> None:
+                await asyncio.gather(*[run_session(base + path, plan, {}, None, speed=1000.0) for plan in plans])
+
+            started = time.perf_counter()
+            asyncio.run(everyone())
+            rates[name].append(streams * seconds / (time.perf_counter() - started))
+    listen, stream = max(rates["listen"]), max(rates["stream"])
+    return {"streams": streams, "seconds_each": seconds, "listen_x": round(listen, 1), "stream_x": round(stream, 1),
+            "listen_over_stream": round(listen / stream, 3)}
+
+
 def splits(served: Served, pause_ms: int) -> dict:
     """Held-out utterances (no inner pauses) at a ``pause_ms`` pause: finals per utterance, and finals equal to the
     offline path's text for the same audio."""
@@ -258,14 +288,19 @@ def splits(served: Served, pause_ms: int) -> dict:
         async with websockets.connect(served.url.replace("http", "ws") + "/v1/audio/stream", max_size=None) as ws:
             await ws.send(json.dumps({"end_of_utterance_ms": pause_ms, "partials": False}))
             pcm = float_to_pcm16(plan.audio)
-            for start in range(0, len(pcm), 6400):  # 200 ms frames, 4x real time
-                await ws.send(pcm[start:start + 6400])
-                await asyncio.sleep(0.05)
-            await ws.send(json.dumps({"type": "end"}))
+
+            async def send() -> None:
+                for start in range(0, len(pcm), 6400):  # 200 ms frames, 4x real time
+                    await ws.send(pcm[start:start + 6400])
+                    await asyncio.sleep(0.05)
+                await ws.send(json.dumps({"type": "end"}))
+
+            sender = asyncio.create_task(send())
             async for message in ws:
                 event = json.loads(message)
                 if event["type"] == "final":
                     finals.append(event)
+            await sender
 
     asyncio.run(go())
     per_utterance = [sum(1 for f in finals if start <= (f["start"] + f["end"]) / 2 * SAMPLE_RATE < end)
@@ -303,6 +338,11 @@ def markdown(report: dict) -> str:
                   "| pause ms | utterances | split | missed | finals | equal to offline |", "|---|---|---|---|---|---|"]
         lines += [f"| {s['pause_ms']} | {s['utterances']} | {s['split']} | {s['missed']} | {s['finals']} | "
                   f"{s['finals_equal_offline']:.1%} |" for s in report["splits"]]
+    if report.get("listen_throughput"):
+        t = report["listen_throughput"]
+        lines += ["", f"{t['streams']} live streams of {t['seconds_each']:g} s each, as fast as possible: "
+                      f"`/v1/listen` {t['listen_x']}x real time, `/v1/audio/stream` {t['stream_x']}x "
+                      f"(ratio {t['listen_over_stream']}).", ""]
     if report.get("checks"):
         lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
     return "\n".join(lines) + "\n"
@@ -326,6 +366,12 @@ def checks(report: dict) -> dict:
         if get("finalize 200 ms + 2 uploads", 8, "p50_ms") is not None:
             out["8 sessions with / without uploads, p50 (<= 1.5)"] = round(
                 get("finalize 200 ms + 2 uploads", 8, "p50_ms") / get("finalize 200 ms", 8, "p50_ms"), 2)
+    for sessions in (1, 8):
+        if get("listen: Finalize 200 ms", sessions, "p50_ms") and get("finalize 200 ms", sessions, "p50_ms"):
+            out[f"/v1/listen / stream finalize p50, {sessions} session(s) (<= 1.1)"] = round(
+                get("listen: Finalize 200 ms", sessions, "p50_ms") / get("finalize 200 ms", sessions, "p50_ms"), 2)
+    if report.get("listen_throughput"):
+        out["/v1/listen / stream throughput, 16 streams (>= 0.95)"] = report["listen_throughput"]["listen_over_stream"]
     if get("pause 300 ms", 1, "p50_ms") is not None:
         out["pause 300 ms, 1 session: p50 <= 400"] = get("pause 300 ms", 1, "p50_ms")
     default = report.get("default_pause_ms")
@@ -350,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--before", action="store_true", help="server-pause rows only (a service without finalize)")
     parser.add_argument("--minutes", type=float, nargs="*", default=[1, 3, 15], help="fast-streaming rows")
     parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--splits-only", action="store_true",
+                        help="only the split rows, added to an existing report of the same name")
     args = parser.parse_args(argv)
     import os
     import platform
@@ -368,19 +416,33 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.before:  # (a service without per-stream turn rules knows only its default)
         plan.insert(0, ("pause 300 ms", 1, one, {"end_of_utterance_ms": 300}, None, 0))
         plan = [("finalize 200 ms", 1, one, {"end_of_utterance_ms": 2000}, 0.2, 0),
+                ("listen: Finalize 200 ms", 1, one, {}, 0.2, 0),
+                ("listen: Finalize 200 ms", 8, many, {}, 0.2, 0),
                 ("finalize 200 ms", 8, many, {"end_of_utterance_ms": 2000}, 0.2, 0),
                 ("finalize 200 ms", 16, many, {"end_of_utterance_ms": 2000}, 0.2, 0),
                 ("finalize 200 ms + 2 uploads", 8, many, {"end_of_utterance_ms": 2000}, 0.2, 2)] + plan
+    existing = Path(args.out_dir) / f"{args.name}.json"
+    if args.splits_only and existing.is_file():
+        report = {**json.loads(existing.read_text()), "ttfs": json.loads(existing.read_text())["ttfs"]}
+        plan = []
     try:
         for row, sessions, per, config, finalize_after, uploads in plan:
+            # Deepgram's protocol: what Pipecat's DeepgramSTTService sends (endpointing off: its VAD's Finalize
+            # ends turns)
+            path = "/v1/listen?interim_results=true&endpointing=false" if row.startswith("listen") else \
+                "/v1/audio/stream"
             result = {"row": row, **ttfs(served, sessions, per, {"partials": True, **config}, finalize_after,
-                                         uploads, seed=sessions)}
+                                         uploads, seed=sessions, path=path)}
             report["ttfs"].append(result)
             print(f"ttfs: {result}", flush=True)
-        if not args.before:
+        if args.splits_only:
+            report["splits"] = [splits(served, pause) for pause in (200, 300, 500)]
+        elif not args.before:
             report["partial_cost"] = partial_cost(served, [2, 10] if args.quick else [2, 10, 30])
             report["fast_streaming"] = fast_streaming(served, [1 / 3] if args.quick else args.minutes,
                                                       1 if args.quick else 2)
+            report["listen_throughput"] = listen_throughput(served, 16, 10 if args.quick else 30)
+            print(f"listen throughput: {report['listen_throughput']}", flush=True)
             report["splits"] = [splits(served, pause) for pause in ((300,) if args.quick else (200, 300, 500))]
             print(f"splits: {report['splits']}", flush=True)
     finally:

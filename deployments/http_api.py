@@ -46,8 +46,10 @@ OPENAI_FORM = form_body({
     "stream": _BOOLEAN, "vad": _BOOLEAN, "multichannel": _BOOLEAN})
 LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEAN, "model": _TEXT,
                          "multichannel": _BOOLEAN})
-LISTEN_BODY = {"requestBody": {"required": True, "content": {"audio/*": {"schema": {"type": "string",
-                                                                                    "format": "binary"}}}}}
+# (any audio content type is accepted, audio/wav as Deepgram's clients send it; documented as octet-stream)
+LISTEN_BODY = {"requestBody": {"required": True, "description": "the audio file itself (audio/wav, audio/mpeg, ...)",
+                               "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}}
 OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format asked for", "content": {
     "application/json": {}, "text/plain": {}, "text/vtt": {}, "application/x-subrip": {},
     "text/event-stream": {}}}, **ERROR_RESPONSES}

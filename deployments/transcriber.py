@@ -79,8 +79,7 @@ class Transcriber:
         self.default_model = settings.default_model.id
         # One worker thread: model work (and loading) is serialised, most urgent first, never on the event loop.
         self._queue = ModelQueue()
-        self._batchers = {"final": self._final_batch, "draft": self._draft_batch, "partial": self._partial_batch,
-                          "file": self._file_batch, "job": self._job_batch}
+        self._batchers = {priority: getattr(self, _batch_name(priority)) for priority in PRIORITIES}
         # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
         self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
         self.batching = DEFAULT_BATCHING
@@ -182,37 +181,8 @@ class Transcriber:
             raise result.error
         return result
 
-    # The design's batching, one queue per priority; reconfigure() applies the user_config's values to each before
-    # the replica takes traffic.
-    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _final_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
-                           ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch("final", segments, model_ids, arrivals)
-
-    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _draft_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
-                           ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch("draft", segments, model_ids, arrivals)
-
-    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _partial_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
-                             ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch("partial", segments, model_ids, arrivals)
-
-    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _file_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
-                          ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch("file", segments, model_ids, arrivals)
-
-    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)
-    async def _job_batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list["Arrival"]
-                         ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch("job", segments, model_ids, arrivals)
+    # The design's batching, one queue per priority (made by _priority_batch below the class); reconfigure() applies
+    # the user_config's values to each before the replica takes traffic.
 
     async def _transcribe_batch(self, priority: str, segments: list[np.ndarray], model_ids: list[str],
                                 arrivals: list["Arrival"]) -> list[SegmentTokens | ItemFailure]:
@@ -282,6 +252,27 @@ class Transcriber:
         dtype = str(default.recognizer.dtype) if default is not None and default.recognizer is not None else None
         return {"model": self.settings.default_model.source, "id": self.default_model, "device": self.device,
                 "dtype": dtype, "loaded": list(self.loaded)}
+
+
+def _batch_name(priority: str) -> str:
+    return f"_{priority}_batch"
+
+
+def _priority_batch(priority: str):
+    """The Transcriber's ``@serve.batch`` queue for one priority (the design's batching: max_batch_size 4 and a
+    batch_ms window by default, both retuned by ``reconfigure``)."""
+    async def batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list[Arrival]
+                    ) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch(priority, segments, model_ids, arrivals)
+
+    # Serve recognises a batched method by its name on the instance
+    batch.__name__ = batch.__qualname__ = _batch_name(priority)
+    return serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                       batch_wait_timeout_s=DEFAULT_BATCHING.batch_ms / 1000)(batch)
+
+
+for _priority in PRIORITIES:  # (set on the class Serve wraps, so each replica's instance has them)
+    setattr(Transcriber.func_or_class, _batch_name(_priority), _priority_batch(_priority))
 
 
 def _assigned_cpus(default: float) -> int:

@@ -39,7 +39,7 @@ def decode(data: bytes, max_seconds: float | None = None, channels: bool = False
         if stream is None:
             raise UnsupportedMedia("The upload has no audio stream.", code="no_audio_stream")
         # planar float keeps the channels apart (one row each); mono mixes them down as FFmpeg does
-        layout = stream.layout.name if channels else "mono"
+        layout = _layout(stream) if channels else "mono"
         resampler = av.AudioResampler(format="fltp" if channels else "flt", layout=layout, rate=SAMPLE_RATE)
         declared_s = _declared_duration_s(container, stream)
         if max_seconds is not None and declared_s is not None and declared_s > max_seconds + 1:
@@ -66,6 +66,14 @@ def decode(data: bytes, max_seconds: float | None = None, channels: bool = False
                                f"{decoded_s:.2f} s could be decoded. Upload the complete file.",
                                code="truncated_audio")
     return np.ascontiguousarray(audio)
+
+
+def _layout(stream) -> str:
+    """The stream's channel layout by name (FFmpeg's default for its channel count when it declares none)."""
+    try:
+        return stream.layout.name
+    except (AttributeError, ValueError):
+        return {1: "mono", 2: "stereo"}.get(stream.channels) or f"{stream.channels}c"
 
 
 def _frame_samples(frame, channels: bool) -> np.ndarray:

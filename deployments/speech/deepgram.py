@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from .errors import InvalidRequest
 from .parakeet_defaults import SAMPLE_RATE
-from .protocol import FALSE_WORDS, TRUE_WORDS
+from .protocol import FALSE_WORDS, TRUE_WORDS, parse_bool
 from .schemas import TranscriptionResult, Word
 
 # Parameters Deepgram clients send that change nothing here (formatting is always on: Parakeet writes punctuation
@@ -31,17 +31,6 @@ IGNORED = ("punctuate", "smart_format", "profanity_filter", "no_delay", "filler_
            "utterances", "utt_split", "detect_language", "detect_entities", "detect_topics", "sentiment",
            "summarize", "topics", "intents", "custom_intent", "custom_topic", "encoding_options")
 UNLIMITED_PAUSE_MS = 10000  # endpointing=false: turns end only on Finalize or CloseStream (or the longest pause)
-
-
-def _flag(name: str, value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in TRUE_WORDS:
-        return True
-    if lowered in FALSE_WORDS:
-        return False
-    raise InvalidRequest(f"{name} must be true or false, got {value!r}.", code="invalid_parameter")
 
 
 def _int(name: str, value: str | None, low: int, high: int) -> int | None:
@@ -87,12 +76,12 @@ class ListenOptions(BaseModel):
             pause = _int("endpointing", endpointing, 0, UNLIMITED_PAUSE_MS)
         return cls(sample_rate=_int("sample_rate", query.get("sample_rate"), 8000, 192000) or SAMPLE_RATE,
                    channels=_int("channels", query.get("channels"), 1, 16) or 1,
-                   interim_results=_flag("interim_results", query.get("interim_results"), False),
-                   endpointing_ms=pause, vad_events=_flag("vad_events", query.get("vad_events"), False),
+                   interim_results=parse_bool("interim_results", query.get("interim_results"), False),
+                   endpointing_ms=pause, vad_events=parse_bool("vad_events", query.get("vad_events"), False),
                    utterance_end_ms=_int("utterance_end_ms", query.get("utterance_end_ms"), 0, 60000),
                    model=query.get("model") or None, language=_language(query.get("language")),
                    keyterms=[t for t in query.getlist("keyterm") if t.strip()],
-                   multichannel=_flag("multichannel", query.get("multichannel"), False))
+                   multichannel=parse_bool("multichannel", query.get("multichannel"), False))
 
 
 def _language(language: str | None) -> str | None:

@@ -109,7 +109,7 @@ def corpus() -> list[tuple[str, dict, int, str]]:
         ("not a boolean", upload(wav, vad="maybe"), 400, "vad"),
         ("stream with srt", upload(wav, stream="true", response_format="srt"), 400, "stream"),
         ("unknown include", upload(wav, **{"include[]": "everything"}), 400, "include"),
-        ("unknown model", upload(wav, model="whisper-1"), 404, "served models"),
+        ("unknown model", upload(wav, model="whisper-9000"), 404, "served models"),
         ("unsupported language", upload(wav, language="ja"), 400, "language"),
         ("legacy: bad boolean", upload(wav, path="/transcribe", include_timestamps="perhaps"), 400,
          "include_timestamps"),
