@@ -12,6 +12,7 @@ is accepted and ignored (``IGNORED``), never a 400: clients send a dozen by defa
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from datetime import datetime, timezone
 from typing import Literal, Optional
@@ -120,8 +121,6 @@ def confidence(words: list[Word], logprob_mean: float | None = None) -> float:
     if scored:
         return round(sum(scored) / len(scored), 4)
     if logprob_mean is not None:
-        import math
-
         return round(math.exp(logprob_mean), 4)
     return 0.0
 

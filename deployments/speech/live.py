@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Literal, Union
 
 import numpy as np
@@ -307,7 +307,6 @@ class _Drafts:
 
     span: tuple[int, int] | None = None
     tokens: asyncio.Future | None = None
-    used: int = field(default=0)  # finals that came from a first pass (tests, the benchmark)
 
     def drop(self) -> None:
         if self.tokens is not None and not self.tokens.done():
@@ -317,7 +316,6 @@ class _Drafts:
     def take(self, span: tuple[int, int]) -> asyncio.Future | None:
         if self.span == span and self.tokens is not None:
             tokens, self.span, self.tokens = self.tokens, None, None
-            self.used += 1
             return tokens
         self.drop()
         return None

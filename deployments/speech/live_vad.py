@@ -49,11 +49,10 @@ class LiveVadStep:
     state: LiveVadState
     segments: list[SpeechSegment]  # final segments (padded, in samples from the stream's start), in order
     open_from: int | None  # no segment handed out later starts before this sample (None: the stream is over)
-    speech_open: bool  # speech has begun that is not in ``segments`` yet
     position: int  # samples VAD has read
     speech: list[tuple[int, int]] = field(default_factory=list)  # each segment's raw speech (start, end): pauses
-    # the speech that ended last and is not in ``segments`` yet, padded as it will be if nothing follows within
-    # two pads, and its raw (start, end) (None while speech goes on)
+    # the speech that ended last and is not in ``segments`` yet, padded as it will be if nothing but the speech
+    # going on now (if any) starts within two pads, and its raw (start, end) (None when none waits)
     tentative: SpeechSegment | None = None
     tentative_speech: tuple[int, int] | None = None
     speaking_from: int | None = None  # raw start of the speech going on now (None: silence)
@@ -110,7 +109,6 @@ class LiveVad:
         speech, timeline.settled_speech = timeline.settled_speech, []
         waiting = timeline.tentative()
         return LiveVadStep(state=state, segments=segments, open_from=timeline.open_from(),
-                           speech_open=timeline.speech_open(),
                            position=state.received if last else timeline.windows * WINDOW_SAMPLES, speech=speech,
                            tentative=waiting[0] if waiting else None, tentative_speech=waiting[1] if waiting else None,
                            speaking_from=None if last else timeline.speech_start(), received=state.received)

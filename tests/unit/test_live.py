@@ -84,8 +84,7 @@ def step_with(segments=(), position=0, tentative=None, speaking_from=None, open_
     """A VAD step: ``segments`` and ``tentative`` as raw speech (start, end), padded here as the timeline would."""
     padded = [SpeechSegment(start=max(0, a - PAD), end=b + PAD) for a, b in segments]
     waiting = SpeechSegment(start=max(0, tentative[0] - PAD), end=tentative[1] + PAD) if tentative else None
-    return LiveVadStep(state=None, segments=padded, speech=list(segments), open_from=open_from,
-                       speech_open=bool(tentative or speaking_from is not None), position=position,
+    return LiveVadStep(state=None, segments=padded, speech=list(segments), open_from=open_from, position=position,
                        tentative=waiting, tentative_speech=tentative, speaking_from=speaking_from,
                        received=position)
 
