@@ -50,10 +50,14 @@ def in_process(path: str, audios: list[np.ndarray]) -> list[str]:
 def test_models_are_listed_and_unknown_ones_get_404(app):
     listed = httpx.get(app.url + "/v1/models").json()
     assert [m["id"] for m in listed["data"]] == ["digits", "tiny", "tiny2"]
-    response = transcribe(app, phrase_recording(["one", "two"]).audio, model="whisper-1")
+    audio = phrase_recording(["one", "two"]).audio
+    response = transcribe(app, audio, model="no-such-model")
     assert response.status_code == 404
     error = response.json()["error"]
     assert error["code"] == "model_not_found" and "digits, tiny, tiny2" in error["message"]
+    # a client's default name (the OpenAI SDK's whisper-1) is an alias of the default model, not a 404
+    aliased, default = transcribe(app, audio, model="whisper-1"), transcribe(app, audio)
+    assert aliased.status_code == default.status_code == 200 and aliased.json()["text"] == default.json()["text"]
 
 
 def test_interleaved_requests_for_two_models_each_get_their_own_models_result(app, paths):
