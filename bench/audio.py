@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
+
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-SAMPLE_RATE = 16000
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"]
 
 

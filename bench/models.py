@@ -16,6 +16,8 @@ from typing import Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
+
 TDT_DURATIONS = [0, 1, 2, 3, 4]
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 
@@ -98,7 +100,7 @@ def default_tokenizer_text(vocab_size: int) -> list[str]:
 def model_config(spec: ArchitectureSpec, tokenizer_dir: Path) -> dict:
     """The NeMo model config (as a plain dict) for ``spec``, shaped like parakeet-tdt-0.6b-v2's own."""
     return {
-        "sample_rate": 16000,
+        "sample_rate": SAMPLE_RATE,
         "model_defaults": {
             "enc_hidden": spec.d_model,
             "pred_hidden": spec.pred_hidden,
@@ -109,7 +111,7 @@ def model_config(spec: ArchitectureSpec, tokenizer_dir: Path) -> dict:
         "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
         "preprocessor": {
             "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-            "sample_rate": 16000,
+            "sample_rate": SAMPLE_RATE,
             "normalize": "per_feature",
             "window_size": 0.025,
             "window_stride": 0.01,
@@ -184,7 +186,7 @@ def model_config(spec: ArchitectureSpec, tokenizer_dir: Path) -> dict:
                            "sigma": 0.02, "omega": 0.1},
         },
         # File-path transcription in NeMo reads this stub; nothing is loaded from it.
-        "validation_ds": {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 1, "defer_setup": True},
+        "validation_ds": {"manifest_filepath": None, "sample_rate": SAMPLE_RATE, "batch_size": 1, "defer_setup": True},
         "optim": {"name": "adamw", "lr": 1e-3},
     }
 
@@ -253,7 +255,7 @@ def measure_emission(recognizer, audio) -> Emission:
 
     with torch.inference_mode():
         encoded, lengths = _encode(recognizer, audio)
-        return _decode_counts(recognizer.model, encoded, lengths, len(audio) / 16000)
+        return _decode_counts(recognizer.model, encoded, lengths, len(audio) / SAMPLE_RATE)
 
 
 def _joint_logits_from_start(model, encoded):
@@ -292,7 +294,7 @@ def bias_to_speech_rate(recognizer, audio, tokens_per_s: float = SPEECH_TOKENS_P
     blank, first_duration = vocab, vocab + 1  # outputs: the vocabulary, blank, then one logit per duration
     with torch.inference_mode():
         encoded, lengths = _encode(recognizer, audio)
-        seconds = len(audio) / 16000
+        seconds = len(audio) / SAMPLE_RATE
         # A random predictor moves the joint's outputs after each token by as much as the audio does, so a rate
         # calibrated on one clip holds on no other (bursts, or silence). Its projection into the joint is zeroed:
         # the predictor still runs (the same compute), emission then depends on the audio alone.

@@ -14,18 +14,13 @@ from dataclasses import dataclass, field
 from starlette.middleware.cors import CORSMiddleware
 
 from deployments.http_api import error_response
-from deployments.speech.errors import ApiError
+from deployments.speech.errors import ApiError, Unauthorized
 
 OPEN_PATHS = ("/healthz", "/demo")  # liveness probes carry no key; the demo page holds none (it asks the user)
 WS_POLICY_VIOLATION = 1008
 # Browsers cannot set headers on a WebSocket: the key may come as a subprotocol, OpenAI's convention for its
 # Realtime API in browsers (``new WebSocket(url, ["realtime", "openai-insecure-api-key.<key>"])``).
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
-
-
-class Unauthorized(ApiError):
-    status = 401
-    type = "invalid_request_error"
 
 
 @dataclass

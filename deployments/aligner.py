@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from ray import serve
-from ray.serve.metrics import Counter
 
-from deployments.metrics import StageLatency
+from deployments.metrics import AlignerMetrics
 from deployments.speech.schemas import Segment, SegmentTokens, Word
 from deployments.speech.timestamps import align
 
@@ -17,13 +16,13 @@ class Aligner:
     def __init__(self):
         self.calls = 0
         self.align_seconds = 0.0
-        self._calls_metric = Counter("parakeet_aligner_calls", "Requests aligned (timestamps asked for)")
-        self._stages = StageLatency()
+        self._metrics = AlignerMetrics()
+        self._stages = self._metrics.stages
 
     def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
               ) -> tuple[list[Word], list[Segment]]:
         self.calls += 1
-        self._calls_metric.inc()
+        self._metrics.calls.inc()
         started = time.perf_counter()
         try:
             return align(pieces, duration)

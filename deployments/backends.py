@@ -16,19 +16,12 @@ import ray
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.speech.errors import ApiError, InternalError, Overloaded
+from deployments.speech.errors import ApiError, InternalError, Overloaded, ReplicaGone
+from deployments.speech.keyterms import Keyterms
 from deployments.speech.live_vad import LiveVadState, LiveVadStep
 from deployments.speech.schemas import Segment, SegmentTokens, SpeechSegment, Word
 
 log = logging.getLogger("ray.serve")
-
-
-class ReplicaGone(Overloaded):
-    """The replica working on the call died (a crash, a node lost): 503, safe to retry."""
-
-    def __init__(self):
-        super().__init__("A worker of the service failed while handling this request; retry shortly.",
-                         retry_after_s=5, code="replica_failed")
 
 
 async def downstream(call: Awaitable):
@@ -98,14 +91,21 @@ class GraphBackends:
         finally:
             stream.cancel()
 
-    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str) -> SegmentCall:
-        return SegmentCall(lambda: self._transcriber(model).transcribe.remote(audio_ref, start, end))
+    def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str,
+                   keyterms: Keyterms | None = None) -> SegmentCall:
+        return SegmentCall(lambda: self._transcriber(model).transcribe.remote(audio_ref, start, end,
+                                                                               keyterms=keyterms))
 
     async def collect(self, call: SegmentCall) -> SegmentTokens:
         return await call.result()
 
-    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final") -> SegmentTokens:
-        return await retried(lambda: self._transcriber(model).transcribe.remote(samples, priority=priority))
+    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final",
+                                 keyterms: Keyterms | None = None) -> SegmentTokens:
+        return await retried(lambda: self._transcriber(model).transcribe.remote(samples, priority=priority,
+                                                                                 keyterms=keyterms))
+
+    async def check_keyterms(self, model: str, keyterms: Keyterms) -> None:
+        await retried(lambda: self._transcriber(model).check_keyterms.remote(keyterms))
 
     def _transcriber(self, model: str) -> DeploymentHandle:
         """The Transcriber handle for ``model``: Serve's multiplexing routes to replicas that hold it."""

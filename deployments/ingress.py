@@ -25,7 +25,8 @@ from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import deepgram, formats
 from deployments.speech.catalog import ModelCatalog
-from deployments.speech.admission import Admission, Ticket, TooBusy
+from deployments.speech.admission import Admission, Ticket
+from deployments.speech.errors import TooBusy
 from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
 from deployments.speech.schemas import TranscriptionResult
@@ -63,7 +64,7 @@ class Ingress:
         self.settings = settings
         self.backends = GraphBackends(segmenter, transcriber, aligner)
         self.pipeline = TranscriptionPipeline(self.backends, settings)
-        self.catalog = ModelCatalog(settings.served_models, settings.model_aliases)
+        self.catalog = ModelCatalog(settings.served_models, settings.model_aliases, settings.keyterms)
         self.metrics = IngressMetrics()
         self.slots = StreamSlots(settings.stream.max_streams, on_change=self.metrics.active_streams)
         self.admission = Admission(settings.admission)
@@ -88,23 +89,25 @@ class Ingress:
 
     async def transcribe(self, audio: AudioInput, sample_rate: int | None = None, timestamps: bool = False,
                          vad: bool = True, model: str | None = None, language: str | None = None,
-                         logprobs: bool = False, multichannel: bool = False) -> TranscriptionResult:
+                         logprobs: bool = False, multichannel: bool = False, keyterms: list[str] | None = None,
+                         keyterms_boost: float | None = None) -> TranscriptionResult:
         """``handle.transcribe.remote(audio, timestamps=True)``: encoded bytes, or samples with ``sample_rate``;
         ``model`` picks a served model by id (default: the first); ``multichannel`` transcribes each channel on
-        its own (samples: [n, channels])."""
+        its own (samples: [n, channels]); ``keyterms`` are words and phrases to boost."""
         async with self._request("handle") as admitted:
-            choice = self.catalog.choose(model, language)
+            choice = await self.pipeline.checked(self.catalog.choose(model, language, keyterms, keyterms_boost))
             loaded = await self._load(admitted, audio, sample_rate, multichannel)
             return await self.pipeline.transcribe(loaded, timestamps=timestamps, vad=vad, model=choice,
                                                   logprobs=logprobs)
 
     async def transcribe_stream(self, audio: AudioInput, sample_rate: int | None = None, timestamps: bool = False,
                                 partials: bool = True, chunk_ms: int = 100, model: str | None = None,
-                                language: str | None = None) -> AsyncIterator[dict]:
+                                language: str | None = None, keyterms: list[str] | None = None,
+                                keyterms_boost: float | None = None) -> AsyncIterator[dict]:
         """The WebSocket's events for a whole recording fed as a live stream in ``chunk_ms`` pieces:
-        ``handle.options(stream=True).transcribe_stream.remote(audio, sample_rate=16000)`` yields ``partial`` /
+        ``handle.options(stream=True).transcribe_stream.remote(audio, sample_rate=SAMPLE_RATE)`` yields ``partial`` /
         ``final`` dicts and a last ``{"type": "done"}``."""
-        choice = self.catalog.choose(model, language)
+        choice = await self.pipeline.checked(self.catalog.choose(model, language, keyterms, keyterms_boost))
         if not self.slots.take():  # a live stream: counted with the WebSocket streams
             raise TooBusy(f"Too many concurrent streams ({self.slots.limit} per replica); retry shortly.",
                           self.settings.admission.retry_after_s)
@@ -154,7 +157,8 @@ class Ingress:
     async def openai_transcriptions(self, request: Request) -> Response:
         async with self._request("openai") as admitted:
             options, data = await read_upload(request, OpenAIRequest.from_form, self.settings.limits.max_upload_bytes)
-            choice = self.catalog.choose(options.model, options.language)
+            choice = await self.pipeline.checked(self.catalog.choose(options.model, options.language,
+                                                                     options.keyterms, options.keyterms_boost))
             loaded = await self._load(admitted, data, multichannel=options.multichannel)
             if options.stream:  # the ticket is held until the stream ends
                 events = self.pipeline.text_events(loaded, vad=options.vad, model=choice)
@@ -171,7 +175,8 @@ class Ingress:
     async def listen_prerecorded(self, request: Request) -> JSONResponse:
         async with self._request("listen") as admitted:
             options = deepgram.ListenOptions.from_query(request.query_params, live=False)
-            choice = self.catalog.choose(options.model, options.language)
+            choice = await self.pipeline.checked(self.catalog.choose(options.model, options.language,
+                                                                     options.keyterms))
             data = await read_body(request, self.settings.limits.max_upload_bytes)
             loaded = await self._load(admitted, data, multichannel=options.multichannel)
             result = await self.pipeline.transcribe(loaded, timestamps=True, vad=True, model=choice)
@@ -182,7 +187,8 @@ class Ingress:
     async def legacy_transcribe(self, request: Request) -> JSONResponse:
         async with self._request("legacy") as admitted:
             options, data = await read_upload(request, LegacyRequest.from_form, self.settings.limits.max_upload_bytes)
-            choice = self.catalog.choose(options.model, None)
+            choice = await self.pipeline.checked(self.catalog.choose(options.model, None, options.keyterms,
+                                                                     options.keyterms_boost))
             loaded = await self._load(admitted, data, multichannel=options.multichannel)
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
                                                     vad=options.should_chunk, model=choice)

@@ -18,7 +18,7 @@ import logging
 from typing import AsyncIterator
 
 import numpy as np
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocketDisconnect
 
 from deployments.access import chosen_subprotocol, deny_websocket
 from deployments.speech import audio as audio_io
@@ -37,7 +37,8 @@ class ListenConnection(LiveSocket):
     async def serve(self) -> str:
         try:
             options = deepgram.ListenOptions.from_query(self.websocket.query_params, live=True)
-            choice = self.catalog.choose(options.model, options.language)
+            choice = await self.pipeline.checked(self.catalog.choose(options.model, options.language,
+                                                                     options.keyterms))
         except ApiError as exc:
             await deny_websocket(self.websocket, exc)
             return "bad_config"

@@ -13,8 +13,7 @@ from typing import AsyncIterator
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from deployments.speech.admission import TooBusy
-from deployments.speech.errors import ApiError
+from deployments.speech.errors import ApiError, TooBusy
 
 LATENCY_BOUNDARIES_MS = [50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
 STAGE_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000, 60000]
@@ -95,6 +94,41 @@ class IngressMetrics:
 
     def active_streams(self, count: int) -> None:
         self._active_streams.set(count)
+
+
+class TranscriberMetrics:
+    """The model's work on one Transcriber replica: segments per batch, audio and padding through the model (padding
+    / (padding + audio) is the padding waste of the batches formed), and each batch's time in the model."""
+
+    def __init__(self):
+        self.batch_size = Histogram("parakeet_batch_size", "Segments per model batch",
+                                    boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32], tag_keys=("model",))
+        self.audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model",
+                                     tag_keys=("model",))
+        self.batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
+                                       boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
+        self.padding_seconds = Counter("parakeet_batch_padding_seconds",
+                                       "Seconds of zeros the model ran on to pad segments to their batch's longest",
+                                       tag_keys=("model",))
+        self.stages = StageLatency()
+
+
+class SegmenterMetrics:
+    """VAD's work: audio in and the speech it found (speech / audio: the speech ratio, segments as handed to the
+    model, padded and merged), by path (``file`` or ``live``)."""
+
+    def __init__(self):
+        self.audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD",
+                                     tag_keys=("path",))
+        self.speech_seconds = Counter("parakeet_vad_speech_seconds", "Seconds of the speech segments VAD found",
+                                      tag_keys=("path",))
+        self.stages = StageLatency()
+
+
+class AlignerMetrics:
+    def __init__(self):
+        self.calls = Counter("parakeet_aligner_calls", "Requests aligned (timestamps asked for)")
+        self.stages = StageLatency()
 
 
 class RequestTiming:

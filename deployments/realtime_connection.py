@@ -29,12 +29,12 @@ from fastapi import WebSocket, WebSocketDisconnect
 from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import ModelCatalog
-from deployments.speech.errors import ApiError, InternalError
+from deployments.speech.errors import ApiError, InternalError, RealtimeError
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
 from deployments.speech.live import Control, Finalize, Reconfigure
 from deployments.speech.protocol import FinalEvent, LiveEvent, NothingToFinalize, SpeechStarted, SpeechStopped
-from deployments.speech.realtime import (EventIds, RealtimeError, TranscriptionSession, TurnDeltas, completed_event,
+from deployments.speech.realtime import (EventIds, TranscriptionSession, TurnDeltas, completed_event,
                                          decode_append, error_event)
 from deployments.speech.settings import AppSettings
 from deployments.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
@@ -115,10 +115,17 @@ class RealtimeConnection(LiveSocket):
 
     async def _session_update(self, event: dict) -> None:
         session = self.session.updated(event.get("session"), self.catalog)
+        choice = session.model(self.catalog)
+        try:
+            await self.pipeline.checked(choice)  # the model can spell the keyterms
+        except ApiError as exc:
+            raise RealtimeError(exc.message, code=exc.code,
+                                param="session.audio.input.transcription.keyterms") from None
         if session.pipeline_key() != self.session.pipeline_key():
             await self._end_run(flush=True)  # the audio so far is transcribed with the settings it came with
-        elif self.run is not None:  # only the pause changed: the running turn goes on under the new rule
-            await self.run.control(Reconfigure(session.turn_rules(self.settings.stream.turn_rules)))
+        elif self.run is not None:  # only the pause or the keyterms changed: the running turn goes on
+            await self.run.control(Reconfigure(session.turn_rules(self.settings.stream.turn_rules),
+                                               choice.keyterms))
         self.session = session
         self.resampler = audio_io.Resampler(session.input_rate)
         if session.server_vad and self.buffer:  # manual audio not committed yet goes on to turn detection

@@ -12,11 +12,11 @@ from typing import AsyncIterator
 
 import numpy as np
 from ray import serve
-from ray.serve.metrics import Counter
 
-from deployments.metrics import StageLatency
+from deployments.metrics import SegmenterMetrics
 from deployments.speech.errors import InvalidRequest
 from deployments.speech.live_vad import LiveVad, LiveVadState, LiveVadStep
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.schemas import SpeechSegment
 from deployments.speech.settings import VadSettings
 
@@ -31,12 +31,8 @@ class Segmenter:
         # ONNX Runtime releases the GIL, so each thread is one more file (or batch of live steps) in VAD at once.
         self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad")
         self._live_step_batch.set_max_batch_size(settings.live_max_batch)
-        self._audio_seconds = Counter("parakeet_vad_audio_seconds", "Audio seconds run through VAD",
-                                      tag_keys=("path",))
-        # speech / audio is the VAD speech ratio (segments as handed to the model: padded, merged)
-        self._speech_seconds = Counter("parakeet_vad_speech_seconds", "Seconds of the speech segments VAD found",
-                                       tag_keys=("path",))
-        self._stages = StageLatency()
+        self._metrics = SegmenterMetrics()
+        self._stages = self._metrics.stages
         self.vad_seconds = 0.0  # time spent in VAD steps (operators; the benchmark's per-stage time)
         self.live_steps = 0
         self.live_batches = 0
@@ -55,7 +51,7 @@ class Segmenter:
         if not isinstance(audio, np.ndarray) or audio.ndim != 1:
             raise InvalidRequest("The Segmenter takes mono 16 kHz samples.", code="invalid_audio_array")
         if len(audio):
-            self._audio_seconds.inc(len(audio) / 16000, tags={"path": "file"})
+            self._metrics.audio_seconds.inc(len(audio) / SAMPLE_RATE, tags={"path": "file"})
         loop = asyncio.get_running_loop()
         steps = self.detector.iter_segments(audio)
         started = time.perf_counter()
@@ -77,7 +73,7 @@ class Segmenter:
         if not isinstance(samples, np.ndarray) or samples.ndim != 1:
             raise InvalidRequest("A live VAD step takes mono 16 kHz samples.", code="invalid_audio_array")
         if len(samples):  # the end of a stream is a step without samples (Ray counters take only values > 0)
-            self._audio_seconds.inc(len(samples) / 16000, tags={"path": "live"})
+            self._metrics.audio_seconds.inc(len(samples) / SAMPLE_RATE, tags={"path": "live"})
         return await self._live_step_batch(state, samples, last)
 
     # Steps of concurrent streams that arrive while a batch runs form the next batch (no waiting for more).
@@ -95,8 +91,8 @@ class Segmenter:
         return steps
 
     def _count_speech(self, segments: list[SpeechSegment], path: str) -> None:
-        if seconds := sum(s.end - s.start for s in segments) / 16000:
-            self._speech_seconds.inc(seconds, tags={"path": path})
+        if seconds := sum(s.end - s.start for s in segments) / SAMPLE_RATE:
+            self._metrics.speech_seconds.inc(seconds, tags={"path": path})
 
     def _timed(self, work, *args):
         started = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable
 import soundfile as sf
 
 from deployments.speech.audio import float_to_pcm16
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/audio/stream"
 
@@ -51,7 +52,7 @@ async def stream_pcm(url: str, pcm: bytes, config: dict | None = None, frame_byt
     "end"}`` unless ``finish`` is false; collect events until the server closes the connection."""
     import websockets
 
-    rate = (config or {}).get("sample_rate", 16000)
+    rate = (config or {}).get("sample_rate", SAMPLE_RATE)
     outcome = StreamOutcome()
     async with websockets.connect(url, max_size=None) as ws:
         if config is not None:

@@ -1,7 +1,8 @@
 """One WebSocket on ``/v1/audio/stream`` (alias ``/ws``): the project's live protocol over the live pipeline.
 
 Client -> server: an optional ``StreamConfig`` text message, binary PCM16 frames, at any time ``{"type":
-"finalize"}`` (end the open turn now) or ``{"type": "configure", ...}`` (new turn rules), then ``{"type": "end"}``.
+"finalize"}`` (end the open turn now) or ``{"type": "configure", ...}`` (new turn rules or keyterms), then
+``{"type": "end"}``.
 Server -> client: ``partial`` / ``final`` events (``nothing_to_finalize`` for a finalize with no turn open), then
 ``done`` and a normal close; or one ``error`` event and a close whose code says why (``CLOSE_CODES``). A bad
 ``configure`` gets an ``error`` event naming the field, and the stream goes on.
@@ -20,9 +21,9 @@ from pydantic import ValidationError
 
 from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
-from deployments.speech.catalog import ModelCatalog
+from deployments.speech.catalog import Choice, ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
-from deployments.speech.live import Control, Finalize, Reconfigure
+from deployments.speech.live import KEEP, Control, Finalize, Reconfigure
 from deployments.speech.pipeline import TranscriptionPipeline
 from deployments.speech.protocol import (STREAM_MESSAGE, ConfigureStream, DoneEvent, EndOfStream, FinalizeTurn,
                                          StreamConfig, StreamError, event_dict)
@@ -107,12 +108,13 @@ class StreamConnection(LiveSocket):
                 await self._fail(f"Invalid stream config: {validation_detail(exc)}", BAD_CONFIG, "invalid_config")
                 return "bad_config"
         try:
-            choice = self.catalog.choose(config.model, config.language)
+            choice = await self.pipeline.checked(self.catalog.choose(config.model, config.language, config.keyterms,
+                                                                     config.keyterms_boost))
         except ApiError as exc:
             await self._fail(exc.message, BAD_CONFIG, exc.code)
             return "bad_config"
         rules = config.turn_rules(self.settings.stream.turn_rules)
-        events = self.pipeline.live(self._audio(config, opening, rules), timestamps=config.timestamps,
+        events = self.pipeline.live(self._audio(config, opening, rules, choice), timestamps=config.timestamps,
                                     partials=config.partials, model=choice, rules=rules,
                                     first_pass=config.first_pass)
         async with contextlib.aclosing(events):
@@ -122,7 +124,8 @@ class StreamConnection(LiveSocket):
         await self.websocket.close(NORMAL)
         return "done"
 
-    async def _audio(self, config: StreamConfig, opening: bytes | None, rules) -> AsyncIterator[np.ndarray | Control]:
+    async def _audio(self, config: StreamConfig, opening: bytes | None, rules, choice: Choice
+                     ) -> AsyncIterator[np.ndarray | Control]:
         """The client's frames as 16 kHz float32 pieces and its finalize / configure messages, in order, until
         ``{"type": "end"}``."""
         resample = audio_io.Resampler(config.sample_rate)
@@ -142,8 +145,18 @@ class StreamConnection(LiveSocket):
             if isinstance(command, FinalizeTurn):
                 yield Finalize()
             elif isinstance(command, ConfigureStream):
+                keyterms = KEEP
+                if command.keyterms is not None:
+                    try:
+                        keyterms = (await self.pipeline.checked(self.catalog.choose(
+                            choice.model.id, None, command.keyterms, command.keyterms_boost))).keyterms
+                    except ApiError as exc:  # the stream goes on with what it had
+                        await self._send(event_dict(StreamError(
+                            message=f"Invalid configure: {exc.message} The stream goes on unchanged.", code=exc.code,
+                            param=getattr(exc, "param", None))))
+                        continue
                 rules = command.applied_to(rules)
-                yield Reconfigure(rules)
+                yield Reconfigure(rules, keyterms)
             else:  # a configure with a bad value: the stream goes on with the rules it had
                 await self._send(event_dict(command))
 

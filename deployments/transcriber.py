@@ -22,24 +22,18 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 from ray import serve
-from ray.serve.metrics import Counter, Histogram
 
-from deployments.metrics import StageLatency
+from deployments.metrics import TranscriberMetrics
 from deployments.speech.batching import ItemFailure, run_isolated
-from deployments.speech.errors import InvalidRequest, NotFound, Overloaded
+from deployments.speech.errors import InvalidRequest, ModelUnavailable, NotFound
+from deployments.speech.keyterms import Keyterms
 from deployments.speech.model_queue import CONTROL, LIVE, PRIORITIES, ModelQueue
+from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.schemas import SegmentTokens
 from deployments.speech.settings import AppSettings, BatchSettings
 
 log = logging.getLogger("ray.serve")
 DEFAULT_BATCHING = BatchSettings()
-
-
-class ModelUnavailable(Overloaded):
-    """A model that cannot be loaded right now: 503, retry (or ask for another model)."""
-
-    def __init__(self, message: str):
-        super().__init__(message, retry_after_s=10, code="model_unavailable")
 
 
 class LoadedModel:
@@ -91,17 +85,8 @@ class Transcriber:
         self.batch_sizes: dict[int, int] = {}
         self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
-        self._batch_size_metric = Histogram("parakeet_batch_size", "Segments per model batch",
-                                            boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32], tag_keys=("model",))
-        self._audio_seconds = Counter("parakeet_transcribed_audio_seconds", "Audio seconds through the model",
-                                      tag_keys=("model",))
-        self._batch_latency = Histogram("parakeet_batch_latency_ms", "Time one batch spends in the model",
-                                        boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000])
-        # padding / (padding + audio) is the padding waste of the batches formed
-        self._padding_seconds = Counter("parakeet_batch_padding_seconds",
-                                        "Seconds of zeros the model ran on to pad segments to their batch's longest",
-                                        tag_keys=("model",))
-        self._stages = StageLatency()
+        self._metrics = TranscriberMetrics()
+        self._stages = self._metrics.stages
 
         async def load(model_id: str) -> LoadedModel:
             return await self._load(model_id)
@@ -134,7 +119,8 @@ class Transcriber:
             CONTROL, lambda: ParakeetRecognizer.load(
                 spec.source, device=settings.device, use_bf16=settings.use_bf16,
                 local_attention_above_s=settings.local_attention_above_s,
-                max_batch_audio_s=settings.max_batch_audio_s, confidence=settings.confidence)))
+                max_batch_audio_s=settings.max_batch_audio_s, confidence=settings.confidence, name=model_id,
+                keyterm_trees=settings.keyterms.trees_per_model)))
         model = LoadedModel(model_id, recognizer, self._unloaded)
         await self._warm_up(model)
         self.loaded[model_id] = model
@@ -154,21 +140,29 @@ class Transcriber:
         if not self.settings.warmup or size <= model.warmed_batch:
             return
         seconds = self.settings.vad.max_segment_s if self.device.startswith("cuda") else 1.0
-        silence = [np.zeros(int(seconds * 16000), np.float32)] * size
+        silence = [np.zeros(int(seconds * SAMPLE_RATE), np.float32)] * size
         await asyncio.wrap_future(self._queue.submit(CONTROL, model.recognizer.transcribe, silence))
         model.warmed_batch = size
 
+    async def check_keyterms(self, keyterms: Keyterms) -> None:
+        """A 400 naming any term the routed model cannot spell (or a model without keyterm support), before a
+        request or stream spends work on audio; builds the set's tree at once, so its first segment does not."""
+        model_id = self._routed_model()
+        recognizer = (await self._model(model_id)).recognizer
+        await asyncio.wrap_future(self._queue.submit(CONTROL, recognizer.keyterms.prepare, keyterms))
+
     async def transcribe(self, audio: np.ndarray, start: int = 0, end: int | None = None,
-                         priority: str = "file") -> SegmentTokens:
+                         priority: str = "file", keyterms: Keyterms | None = None) -> SegmentTokens:
         """Tokens for ``audio[start:end]`` (the whole file arrives by reference; only the view is used) by the model
-        the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default). ``priority``
-        (``final``, ``draft``, ``partial``, ``file``, ``job``) picks the batch queue: the model takes the most urgent first."""
-        model_id = serve.get_multiplexed_model_id() or self.default_model
+        the request was routed for (``handle.options(multiplexed_model_id=...)``; none: the default), boosting
+        ``keyterms`` if given. ``priority`` (``final``, ``draft``, ``partial``, ``file``, ``job``) picks the batch
+        queue: the model takes the most urgent first."""
+        model_id = self._routed_model()
         if priority not in PRIORITIES:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}.", code="invalid_priority")
-        if model_id not in self.specs:
-            raise NotFound(f"The model {model_id!r} is not served here; served models: {', '.join(self.specs)}.",
-                           code="model_not_found")
+        if keyterms is not None and not isinstance(keyterms, Keyterms):
+            raise InvalidRequest("keyterms must be a Keyterms (deployments.speech.keyterms.parse_keyterms).",
+                                 code="invalid_keyterms")
         if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.dtype != np.float32:
             raise InvalidRequest("The Transcriber takes float32 mono 16 kHz samples.", code="invalid_audio_array")
         end = len(audio) if end is None else end
@@ -176,16 +170,24 @@ class Transcriber:
             raise InvalidRequest(f"Segment [{start}, {end}) is outside the audio (0..{len(audio)}).",
                                  code="invalid_segment")
         arrival = Arrival(time.perf_counter(), self._queue.started_below(PRIORITIES[priority]))
-        result = await self._batchers[priority](audio[start:end], model_id, arrival)
+        result = await self._batchers[priority](audio[start:end], model_id, keyterms, arrival)
         if isinstance(result, ItemFailure):
             raise result.error
         return result
+
+    def _routed_model(self) -> str:
+        model_id = serve.get_multiplexed_model_id() or self.default_model
+        if model_id not in self.specs:
+            raise NotFound(f"The model {model_id!r} is not served here; served models: {', '.join(self.specs)}.",
+                           code="model_not_found")
+        return model_id
 
     # The design's batching, one queue per priority (made by _priority_batch below the class); reconfigure() applies
     # the user_config's values to each before the replica takes traffic.
 
     async def _transcribe_batch(self, priority: str, segments: list[np.ndarray], model_ids: list[str],
-                                arrivals: list["Arrival"]) -> list[SegmentTokens | ItemFailure]:
+                                keyterms: list[Keyterms | None], arrivals: list["Arrival"]
+                                ) -> list[SegmentTokens | ItemFailure]:
         """One Serve batch; each model's segments in it are one model call (a batch never mixes models)."""
         now = time.perf_counter()
         for arrival in arrivals:  # one batch of a queue runs at a time: its start is when the queue wait ends
@@ -197,13 +199,14 @@ class Transcriber:
         for model_id in dict.fromkeys(model_ids):
             rows = [i for i, m in enumerate(model_ids) if m == model_id]
             outcome = await self._run_model(model_id, [segments[i] for i in rows], priority,
-                                            [arrivals[i] for i in rows])
+                                            [arrivals[i] for i in rows], [keyterms[i] for i in rows])
             for i, result in zip(rows, outcome):
                 results[i] = result
         return results  # type: ignore[return-value]
 
     async def _run_model(self, model_id: str, segments: list[np.ndarray], priority: str = "file",
-                         arrivals: list["Arrival"] | None = None) -> list[SegmentTokens | ItemFailure]:
+                         arrivals: list["Arrival"] | None = None, keyterms: list[Keyterms | None] | None = None
+                         ) -> list[SegmentTokens | ItemFailure]:
         try:
             recognizer = (await self._model(model_id)).recognizer
         except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded fails its requests, clearly
@@ -212,25 +215,27 @@ class Transcriber:
                     ] * len(segments)
         sizes = self.model_batch_sizes.setdefault(model_id, {})
         sizes[len(segments)] = sizes.get(len(segments), 0) + 1
-        self._batch_size_metric.observe(len(segments), tags={"model": model_id})
-        self._audio_seconds.inc(sum(len(s) for s in segments) / 16000, tags={"model": model_id})
+        self._metrics.batch_size.observe(len(segments), tags={"model": model_id})
+        self._metrics.audio_seconds.inc(sum(len(s) for s in segments) / SAMPLE_RATE, tags={"model": model_id})
         if padding := recognizer.padding_samples([len(s) for s in segments]):
-            self._padding_seconds.inc(padding / 16000, tags={"model": model_id})
+            self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
+        items = list(zip(segments, keyterms or [None] * len(segments)))
         return await asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer,
-                                                            segments, priority, arrivals or []))
+                                                            items, priority, arrivals or []))
 
-    def _run_batch(self, recognizer, segments: list[np.ndarray], priority: str = "file",
+    def _run_batch(self, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str = "file",
                    arrivals: list["Arrival"] = ()) -> list[SegmentTokens | ItemFailure]:
         if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
             below = self._queue.started_below(PRIORITIES[priority])
             self.live_waits.extend(below - arrival.bulk_started for arrival in arrivals)
         started = time.perf_counter()
         try:
-            return run_isolated(recognizer.transcribe, segments)
+            return run_isolated(lambda batch: recognizer.transcribe([s for s, _ in batch], [k for _, k in batch]),
+                                items)
         finally:
             elapsed = time.perf_counter() - started
             self.model_seconds += elapsed
-            self._batch_latency.observe(elapsed * 1000)
+            self._metrics.batch_latency.observe(elapsed * 1000)
             self._stages.observe("asr", elapsed)
 
     def stats(self) -> dict:
@@ -261,9 +266,9 @@ def _batch_name(priority: str) -> str:
 def _priority_batch(priority: str):
     """The Transcriber's ``@serve.batch`` queue for one priority (the design's batching: max_batch_size 4 and a
     batch_ms window by default, both retuned by ``reconfigure``)."""
-    async def batch(self, segments: list[np.ndarray], model_ids: list[str], arrivals: list[Arrival]
-                    ) -> list[SegmentTokens | ItemFailure]:
-        return await self._transcribe_batch(priority, segments, model_ids, arrivals)
+    async def batch(self, segments: list[np.ndarray], model_ids: list[str], keyterms: list[Keyterms | None],
+                    arrivals: list[Arrival]) -> list[SegmentTokens | ItemFailure]:
+        return await self._transcribe_batch(priority, segments, model_ids, keyterms, arrivals)
 
     # Serve recognises a batched method by its name on the instance
     batch.__name__ = batch.__qualname__ = _batch_name(priority)

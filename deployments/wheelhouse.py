@@ -163,6 +163,7 @@ def _exercise(url: str) -> None:
 
     from bench.audio import encode, phrase_recording
     from deployments.speech.audio import float_to_pcm16
+    from deployments.speech.parakeet_defaults import SAMPLE_RATE
 
     deadline = time.monotonic() + 300
     while True:
@@ -188,7 +189,7 @@ def _exercise(url: str) -> None:
 
     async def streams() -> None:
         async with websockets.connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
-            await ws.send(json.dumps({"sample_rate": 16000, "timestamps": True}))
+            await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "timestamps": True}))
             await ws.send(pcm)
             await ws.send(json.dumps({"type": "end"}))
             while json.loads(await ws.recv())["type"] != "done":
@@ -196,7 +197,7 @@ def _exercise(url: str) -> None:
         async with websockets.connect(url.replace("http", "ws") + "/v1/realtime?intent=transcription") as ws:
             await ws.recv()
             await ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}))
+                "input": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}, "turn_detection": None}}}}))
             await ws.send(json.dumps({"type": "input_audio_buffer.append",
                                       "audio": base64.b64encode(pcm).decode()}))
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))

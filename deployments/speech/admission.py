@@ -11,16 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from .errors import ApiError
+from .errors import TooBusy
 from .settings import AdmissionSettings
-
-
-class TooBusy(ApiError):
-    status = 429
-    type = "rate_limit_exceeded"
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message, code="server_busy", headers={"Retry-After": str(retry_after_s)})
 
 
 class Ticket:

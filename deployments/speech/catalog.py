@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from .errors import InvalidRequest, NotFound
-from .settings import ModelSpec
+from .keyterms import Keyterms, parse_keyterms
+from .settings import KeytermSettings, ModelSpec
 
 # names clients send instead of ISO-639-1 codes (OpenAI accepts codes; older clients of ours sent "english")
 LANGUAGE_NAMES = {"english": "en", "german": "de", "french": "fr", "spanish": "es", "italian": "it",
@@ -15,15 +17,20 @@ MULTILINGUAL = "auto"  # reported for a several-language model when the request 
 
 @dataclass(frozen=True)
 class Choice:
+    """What a request or stream is transcribed with: the model, the language reported, the terms boosted."""
+
     model: ModelSpec
     language: str  # what verbose_json reports
+    keyterms: Keyterms | None = None
 
 
 class ModelCatalog:
-    def __init__(self, models: list[ModelSpec], aliases: dict[str, str] | None = None):
+    def __init__(self, models: list[ModelSpec], aliases: dict[str, str] | None = None,
+                 keyterms: KeytermSettings | None = None):
         self.models = {spec.id: spec for spec in models}
         self.default = models[0]
         self.aliases = dict(aliases or {})  # a name clients send -> a served id ("": the default)
+        self.keyterm_limits = keyterms or KeytermSettings()
 
     def resolve(self, model: str | None) -> ModelSpec:
         """The request's ``model`` (empty: the default; an alias: its model) -> its spec; anything else is a 404
@@ -39,19 +46,22 @@ class ModelCatalog:
                            code="model_not_found")
         return spec
 
-    def choose(self, model: str | None, language: str | None) -> Choice:
-        """The model, and the language to report: the one asked for (which the model must transcribe), else the
-        model's only language, else ``auto`` (a multilingual Parakeet transcribes the language it hears and does
-        not say which)."""
+    def choose(self, model: str | None, language: str | None, keyterms: Iterable[str] | None = None,
+               keyterms_boost: float | str | None = None) -> Choice:
+        """The model, the language to report (the one asked for, which the model must transcribe, else the
+        model's only language, else ``auto``: a multilingual Parakeet transcribes the language it hears and does
+        not say which) and the keyterms, within their limits (whether the model can spell them is the
+        Transcriber's to say: ``TranscriptionPipeline.checked``)."""
         spec = self.resolve(model)
+        boosted = parse_keyterms(keyterms, keyterms_boost, self.keyterm_limits)
         asked = (language or "").strip().lower()
         if not asked:
-            return Choice(spec, spec.languages[0] if len(spec.languages) == 1 else MULTILINGUAL)
+            return Choice(spec, spec.languages[0] if len(spec.languages) == 1 else MULTILINGUAL, boosted)
         code = LANGUAGE_NAMES.get(asked, asked)
         if code not in spec.languages:
             raise InvalidRequest(f"language {language!r} is not supported by {spec.id}; it transcribes: "
                                  f"{', '.join(spec.languages)}.", code="unsupported_language")
-        return Choice(spec, code)
+        return Choice(spec, code, boosted)
 
     def listing(self) -> dict:
         """``GET /v1/models`` (OpenAI's list format)."""

@@ -29,10 +29,11 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Literal, Union
+from typing import AsyncIterator, Awaitable, Callable, Literal, Optional, Union
 
 import numpy as np
 
+from .keyterms import Keyterms
 from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
 from .protocol import FinalEvent, LiveEvent, NothingToFinalize, PartialEvent, SpeechStarted, SpeechStopped
@@ -42,7 +43,7 @@ from .timestamps import segment_words
 
 Priority = Literal["final", "draft", "partial"]
 VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
-Transcribe = Callable[[np.ndarray, Priority], Awaitable[SegmentTokens]]
+Transcribe = Callable[[np.ndarray, Priority, Optional[Keyterms]], Awaitable[SegmentTokens]]
 Align = Callable[[list[tuple[SegmentTokens, float, float]], float], Awaitable[tuple[list[Word], list[Segment]]]]
 _END = object()
 DRAFT_BACKLOG = SAMPLE_RATE // 5  # no first pass while more than 200 ms of the stream's audio waits to be read
@@ -53,11 +54,16 @@ class Finalize:
     """The client ended the turn (``{"type": "finalize"}``, a Realtime commit, Deepgram's ``Finalize``)."""
 
 
+KEEP = "keep"  # a Reconfigure that leaves the keyterms as they are
+
+
 @dataclass(frozen=True)
 class Reconfigure:
-    """New turn rules for the stream, from the next step on (the open turn included)."""
+    """New turn rules for the stream, from the next step on (the open turn included), and new keyterms (``None``:
+    none) for every transcription issued after it."""
 
-    rules: TurnRules
+    rules: TurnRules | None = None
+    keyterms: Keyterms | None | str = KEEP
 
 
 Control = Union[Finalize, Reconfigure]
@@ -324,11 +330,13 @@ class _Drafts:
 async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: VadStep, transcribe: Transcribe,
                       align: Align | None, stream: StreamSettings, vad: VadSettings, partials: bool = True,
                       turns: bool = False, logprobs: bool = False, rules: TurnRules | None = None,
-                      first_pass: bool | None = None) -> AsyncIterator[LiveEvent]:
+                      first_pass: bool | None = None, keyterms: Keyterms | None = None
+                      ) -> AsyncIterator[LiveEvent]:
     """``partial`` / ``final`` events for the audio ``chunks`` (16 kHz float32, with ``Finalize`` / ``Reconfigure``
     controls in between), in order; with ``turns`` also ``speech_started`` when a turn begins and
     ``speech_stopped`` as soon as it is known to be over (before its transcription); with ``logprobs`` each token's
-    log-probability in partials and finals. ``rules`` / ``first_pass``: the stream's own (default: ``stream``'s)."""
+    log-probability in partials and finals. ``rules`` / ``first_pass``: the stream's own (default: ``stream``'s);
+    ``keyterms``: boosted in every transcription until a ``Reconfigure`` changes them."""
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     rules = rules or stream.turn_rules
@@ -339,6 +347,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     partial_texts: dict[int, PartialText] = {}
     drafts = _Drafts()
     wall = {"partial": 0.0}
+    boosted = [keyterms]  # the stream's keyterms now
 
     waiting = [0]  # samples queued for the segmenter
 
@@ -366,7 +375,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     async def partial_event(utterance: Utterance) -> LiveEvent | None:
         text = partial_texts.setdefault(utterance.id, PartialText(utterance.start))
         begin = text.window(utterance.end)
-        tokens = await transcribe(audio.cut(begin, utterance.end), "partial")
+        tokens = await transcribe(audio.cut(begin, utterance.end), "partial", boosted[0])
         shown = text.text(begin, utterance.end, tokens)
         scores = token_logprobs(tokens) if logprobs else None
         return PartialEvent(id=utterance.id, text=shown, logprobs=scores) if shown else None
@@ -386,14 +395,14 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
             elif utterance.kind == "first_pass":
                 drafts.drop()
                 drafts.span = utterance.span
-                drafts.tokens = asyncio.ensure_future(transcribe(audio.cut(*utterance.span), "draft"))
+                drafts.tokens = asyncio.ensure_future(transcribe(audio.cut(*utterance.span), "draft", boosted[0]))
             elif utterance.final:
                 if turns:
                     await announce(SpeechStopped(id=utterance.id, end=round(utterance.end / SAMPLE_RATE, 3)))
                 partial_texts.pop(utterance.id, None)
                 for stale in partial_in_flight:  # a partial of a turn now final would only hold its final back
                     stale.cancel()
-                tokens = drafts.take(utterance.span) or transcribe(audio.cut(*utterance.span), "final")
+                tokens = drafts.take(utterance.span) or transcribe(audio.cut(*utterance.span), "final", boosted[0])
                 await results.put(asyncio.ensure_future(final_event(utterance, tokens)))
             else:  # a partial: one at a time, and no more often than every partial interval of wall-clock time
                 # either (a client sending faster than real time gets fewer partials, not a model busy with stale
@@ -458,7 +467,11 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
                     if isinstance(control, Finalize):
                         await issue(joiner.finalize(step))
                     elif isinstance(control, Reconfigure):
-                        joiner.configure(control.rules)
+                        if control.rules is not None:
+                            joiner.configure(control.rules)
+                        if control.keyterms != KEEP:
+                            boosted[0] = control.keyterms
+                            drafts.drop()  # a first pass made with the old terms is not this turn's final
             await results.put(_END)
         except BaseException as exc:  # noqa: BLE001
             await results.put(exc)

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .keyterms import Keyterms
 from .parakeet_defaults import DEFAULT_MODEL, SAMPLE_RATE  # noqa: F401 (re-exported)
 from .schemas import SegmentTokens
 
@@ -71,8 +72,11 @@ class ParakeetRecognizer:
 
     def __init__(self, model, device: str, use_bf16: bool = True, local_attention_above_s: float = 600.0,
                  local_attention_context: tuple[int, int] = (128, 128), max_padding_ratio: float = 1.5,
-                 max_batch_audio_s: float = 1200.0, confidence: bool = True):
+                 max_batch_audio_s: float = 1200.0, confidence: bool = True, name: str = "model",
+                 keyterm_trees: int = 256):
         import torch
+
+        from .biasing import KeytermBiasing
 
         self.device = device
         self.model = model.to(device).eval()
@@ -88,6 +92,8 @@ class ParakeetRecognizer:
         for module in (self.model.encoder, self.model.decoder, self.model.joint):
             module.to(self.dtype)
         self._configure_decoding()
+        # per-item keyterms: a second decoding over the same networks, used only by batches that have keyterms
+        self.keyterms = KeytermBiasing(self.model, name, keyterm_trees, use_triton=device.startswith("cuda"))
         cfg = self.model.cfg
         self.frame_s = float(cfg.preprocessor.window_stride) * int(self._subsampling_factor())
 
@@ -163,16 +169,24 @@ class ParakeetRecognizer:
         return sum(max(lengths[i] for i in group) * len(group) - sum(lengths[i] for i in group)
                    for group in self.plan_batches(lengths))
 
-    def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[SegmentTokens]:
-        """Recognise each float32 16 kHz waveform; the result list is in input order."""
+    def transcribe(self, waveforms: Sequence[np.ndarray], keyterms: Sequence[Keyterms | None] | None = None
+                   ) -> list[SegmentTokens]:
+        """Recognise each float32 16 kHz waveform (each with its own keyterms, or none); the result list is in
+        input order."""
+        keyterms = list(keyterms) if keyterms is not None else [None] * len(waveforms)
         results: list[SegmentTokens | None] = [None] * len(waveforms)
         for group in self.plan_batches([len(w) for w in waveforms]):
-            for index, tokens in zip(group, self._transcribe_group([waveforms[i] for i in group])):
+            found = self._transcribe_group([waveforms[i] for i in group], [keyterms[i] for i in group])
+            for index, tokens in zip(group, found):
                 results[index] = tokens
         return results  # type: ignore[return-value]
 
-    def _transcribe_group(self, waveforms: Sequence[np.ndarray]) -> list[SegmentTokens]:
+    def _transcribe_group(self, waveforms: Sequence[np.ndarray], keyterms: Sequence[Keyterms | None]
+                          ) -> list[SegmentTokens]:
         import torch
+
+        biased_rows = [i for i, k in enumerate(keyterms) if k is not None]
+        plain_rows = [i for i, k in enumerate(keyterms) if k is None]
 
         lengths = [max(len(w), MIN_MODEL_SAMPLES) for w in waveforms]
         batch = np.zeros((len(waveforms), max(lengths)), dtype=np.float32)
@@ -184,8 +198,22 @@ class ParakeetRecognizer:
             features, feature_lengths = self.model.preprocessor(input_signal=signal, length=signal_lengths)
             encoder = self._encoder_for(max(lengths))
             encoded, encoded_lengths = encoder(audio_signal=features.to(self.dtype), length=feature_lengths)
-            hypotheses = self.model.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True)
+            hypotheses: list = [None] * len(waveforms)
+            # One encoder pass for the group; the decoder runs once for the items without keyterms (the model's own
+            # decoding: exactly today's output, whatever their batch-mates asked for) and once for those with
+            # keyterms (each with its own tree).
+            for rows, boosted in ((plain_rows, False), (biased_rows, True)):
+                if not rows:
+                    continue
+                index = torch.tensor(rows, device=encoded.device) if len(rows) < len(waveforms) else None
+                found = (self.keyterms.decoding if boosted else self.model.decoding).rnnt_decoder_predictions_tensor(
+                    encoder_output=encoded if index is None else encoded.index_select(0, index),
+                    encoded_lengths=encoded_lengths if index is None else encoded_lengths.index_select(0, index),
+                    return_hypotheses=True,
+                    partial_hypotheses=self.keyterms.start_hypotheses([keyterms[i] for i in rows]) if boosted
+                    else None)
+                for row, hypothesis in zip(rows, found):
+                    hypotheses[row] = hypothesis
         return [self._to_tokens(hyp, int(n)) for hyp, n in zip(hypotheses, encoded_lengths.tolist())]
 
     def _to_tokens(self, hypothesis, encoded_frames: int) -> SegmentTokens:

@@ -17,6 +17,7 @@ import numpy as np
 from . import audio as audio_io
 from .catalog import Choice
 from .errors import ApiError, InternalError, Overloaded
+from .keyterms import Keyterms
 from .fan_out import Cancellable, transcribe_as_found
 from .live import Control, live_events
 from .live_vad import LiveVadState, LiveVadStep
@@ -42,13 +43,19 @@ class Backends(Protocol):
     def segments(self, audio_ref: Any) -> AsyncIterator[list[SpeechSegment]]:
         """Speech segments in order, as VAD finds them."""
 
-    def transcribe(self, audio_ref: Any, start: int, end: int, model: str) -> Cancellable:
-        """Start one segment's transcription by ``model`` (a batched model call) without waiting for it."""
+    def transcribe(self, audio_ref: Any, start: int, end: int, model: str, keyterms: Keyterms | None = None
+                   ) -> Cancellable:
+        """Start one segment's transcription by ``model`` (a batched model call, boosting ``keyterms``) without
+        waiting for it."""
 
     async def collect(self, call: Cancellable) -> SegmentTokens: ...
 
-    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final") -> SegmentTokens:
+    async def transcribe_samples(self, samples: np.ndarray, model: str, priority: str = "final",
+                                 keyterms: Keyterms | None = None) -> SegmentTokens:
         """A live stream's audio (a final, a first pass or a partial: ``priority``) by ``model``."""
+
+    async def check_keyterms(self, model: str, keyterms: Keyterms) -> None:
+        """A 400 naming a term ``model`` cannot spell; the set's tree is built before the first segment needs it."""
 
     async def align(self, pieces: list[tuple[SegmentTokens, float, float]], duration: float
                     ) -> tuple[list[Word], list[Segment]]: ...
@@ -83,6 +90,13 @@ class TranscriptionPipeline:
         else:
             samples = await asyncio.to_thread(audio_io.from_array, audio, sample_rate, multichannel)
         return LoadedAudio(samples, audio_io.validate(samples, self.settings.limits))
+
+    async def checked(self, choice: Choice) -> Choice:
+        """``choice`` once its model has accepted its keyterms (a 400 naming a term it cannot spell), before any
+        audio work is spent on the request or stream."""
+        if choice.keyterms is not None:
+            await self.backends.check_keyterms(choice.model.id, choice.keyterms)
+        return choice
 
     async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, model: Choice,
                          logprobs: bool = False, on_text: OnText | None = None) -> TranscriptionResult:
@@ -122,7 +136,8 @@ class TranscriptionPipeline:
 
         return await transcribe_as_found(
             self._speech(audio_ref, len(samples), vad),
-            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id),
+            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id,
+                                                           model.keyterms),
             collect=self.backends.collect, on_text=text_out if on_text is not None else None)
 
     async def _align(self, segments: list[SpeechSegment], tokens: list[SegmentTokens], duration: float
@@ -199,13 +214,13 @@ class TranscriptionPipeline:
         """A live stream's events: VAD on the Segmenter replicas, turns to the model, words when asked. ``vad`` /
         ``rules`` replace the service's settings for this stream (its config, a Realtime session's turn detection).
         """
-        async def transcribe(samples: np.ndarray, priority: str) -> SegmentTokens:
-            return await self.backends.transcribe_samples(samples, model.model.id, priority)
+        async def transcribe(samples: np.ndarray, priority: str, keyterms: Keyterms | None) -> SegmentTokens:
+            return await self.backends.transcribe_samples(samples, model.model.id, priority, keyterms)
 
         return live_events(chunks, self.backends.vad_step, transcribe,
                            self.backends.align if timestamps else None, self.settings.stream,
                            vad or self.settings.vad, partials, turns=turns, logprobs=logprobs, rules=rules,
-                           first_pass=first_pass)
+                           first_pass=first_pass, keyterms=model.keyterms)
 
     def replay(self, audio: LoadedAudio, *, chunk_ms: int, timestamps: bool, partials: bool, model: Choice
                ) -> AsyncIterator[LiveEvent]:

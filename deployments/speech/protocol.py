@@ -67,6 +67,9 @@ class OpenAIRequest(BaseModel):
     language: Optional[str] = None  # checked against the model's languages
     logprobs: bool = False  # include[]=logprobs
     multichannel: bool = False  # each channel transcribed on its own, merged on one timeline
+    keyterms: list[str] = Field(default_factory=list)  # words and phrases to boost (checked by the catalog)
+    keyterms_boost: Optional[str] = None
+    prompt: Optional[str] = None  # OpenAI's prompt: accepted and not applied (Parakeet takes no text prompt)
 
     @property
     def timestamps(self) -> bool:
@@ -100,7 +103,14 @@ class OpenAIRequest(BaseModel):
         return cls(response_format=response_format, granularities=granularities, stream=stream,
                    vad=parse_bool("vad", form.get("vad"), True), model=form.get("model"),
                    language=form.get("language"), logprobs="logprobs" in include,
-                   multichannel=parse_bool("multichannel", form.get("multichannel"), False))
+                   multichannel=parse_bool("multichannel", form.get("multichannel"), False),
+                   **keyterm_fields(form), prompt=form.get("prompt"))
+
+
+def keyterm_fields(form: UploadForm) -> dict:
+    """``keyterms`` (repeated, or ``keyterms[]``) and ``keyterms_boost`` as sent; ``ModelCatalog.choose`` checks
+    them."""
+    return {"keyterms": form.get_all("keyterms[]", "keyterms"), "keyterms_boost": form.get("keyterms_boost")}
 
 
 def _check_temperature(temperature: str | None) -> None:
@@ -122,12 +132,14 @@ class LegacyRequest(BaseModel):
     should_chunk: bool = True
     model: Optional[str] = None
     multichannel: bool = False
+    keyterms: list[str] = Field(default_factory=list)
+    keyterms_boost: Optional[str] = None
 
     @classmethod
     def from_form(cls, form: UploadForm) -> "LegacyRequest":
         return cls(include_timestamps=parse_bool("include_timestamps", form.get("include_timestamps"), False),
                    should_chunk=parse_bool("should_chunk", form.get("should_chunk"), True), model=form.get("model"),
-                   multichannel=parse_bool("multichannel", form.get("multichannel"), False))
+                   multichannel=parse_bool("multichannel", form.get("multichannel"), False), **keyterm_fields(form))
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI SSE
@@ -180,6 +192,8 @@ class StreamConfig(BaseModel):
     partial_interval_ms: Optional[int] = Field(None, ge=100, le=10000,
                                                description=_TURN_FIELDS["partial_interval_ms"].description)
     first_pass: Optional[bool] = None  # false: transcribe a turn only once it is over (default: stream.first_pass)
+    keyterms: Optional[list[str]] = None  # words and phrases to boost (limits: the service's keyterms.*)
+    keyterms_boost: Optional[float] = None
 
     def turn_rules(self, service: TurnRules) -> TurnRules:
         return service.model_copy(update=self.model_dump(include=set(_TURN_FIELDS), exclude_none=True))
@@ -203,14 +217,18 @@ class FinalizeTurn(BaseModel):
 
 
 class ConfigureStream(BaseModel):
-    """Change this stream's turn rules mid-stream (from the next audio on; the open turn included). A bad value
-    gets an ``error`` event naming the field, and the stream goes on with the rules it had."""
+    """Change this stream's turn rules (from the next audio on; the open turn included) or its keyterms (for every
+    transcription issued from then on) mid-stream. A bad value gets an ``error`` event naming the field, and the
+    stream goes on with what it had."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["configure"]
     end_of_utterance_ms: Optional[int] = Field(None, ge=0, le=10000)
     partial_interval_ms: Optional[int] = Field(None, ge=100, le=10000)
+    # new keyterms for every transcription from here on ([]: none; absent: unchanged)
+    keyterms: Optional[list[str]] = None
+    keyterms_boost: Optional[float] = None
 
     def applied_to(self, rules: TurnRules) -> TurnRules:
         return rules.model_copy(update=self.model_dump(include=set(_TURN_FIELDS), exclude_none=True))

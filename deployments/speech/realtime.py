@@ -20,21 +20,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .catalog import Choice, ModelCatalog
-from .errors import ApiError, InvalidRequest, PayloadTooLarge
+from .errors import ApiError, PayloadTooLarge, RealtimeError
 from .schemas import TokenLogprob
 from .settings import TurnRules, VadSettings
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
 PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # OpenAI sends 24 kHz; others are resampled too
 G711_RATE = 8000
-
-
-class RealtimeError(InvalidRequest):
-    """A client event that cannot be applied: answered by an ``error`` event naming ``param``."""
-
-    def __init__(self, message: str, code: str = "invalid_value", param: str | None = None):
-        super().__init__(message, code=code)
-        self.param = param
 
 
 # ---------------------------------------------------------------------------------------------- session
@@ -58,6 +50,9 @@ class TranscriptionOptions(_SessionPart):
     model: Optional[str] = None
     language: Optional[str] = None
     prompt: Optional[str] = None  # accepted; Parakeet does not take a prompt
+    # this service's extension: words and phrases to boost (every API's keyterms), from the next transcription on
+    keyterms: Optional[list[str]] = None
+    keyterms_boost: Optional[float] = None
 
 
 class ServerVad(_SessionPart):
@@ -155,15 +150,17 @@ class TranscriptionSession(_SessionPart):
         except ApiError as exc:
             raise RealtimeError(exc.message, code=exc.code, param="session.audio.input.transcription.model") from None
         try:
-            catalog.choose(transcription.model, transcription.language)
+            session.model(catalog)
         except ApiError as exc:
+            field = getattr(exc, "param", None) or "language"
             raise RealtimeError(exc.message, code=exc.code,
-                                param="session.audio.input.transcription.language") from None
+                                param=f"session.audio.input.transcription.{field}") from None
         return session
 
     def model(self, catalog: ModelCatalog) -> Choice:
         transcription = self.input.transcription
-        return catalog.choose(transcription.model, transcription.language)
+        return catalog.choose(transcription.model, transcription.language, transcription.keyterms,
+                              transcription.keyterms_boost)
 
     def vad_settings(self, base: VadSettings) -> VadSettings:
         turn = self.input.turn_detection
@@ -183,9 +180,11 @@ class TranscriptionSession(_SessionPart):
         return base.model_copy(update={"end_of_utterance_ms": turn.pause_ms()})
 
     def pipeline_key(self) -> dict:
-        """What the live pipeline is built from: a change to anything else (the turn rules) applies to a running
-        turn without ending it."""
+        """What the live pipeline is built from: a change to anything else (the turn rules, the keyterms) applies
+        to a running turn without ending it."""
         key = self.model_dump()
+        for field in ("keyterms", "keyterms_boost"):  # applied to the running turn's next transcriptions
+            key["audio"]["input"]["transcription"].pop(field)
         turn = self.input.turn_detection
         key["audio"]["input"]["turn_detection"] = None if turn is None else (turn.threshold, turn.prefix_padding_ms)
         return key

@@ -147,6 +147,27 @@ class BatchSettings(BaseModel):
     batch_ms: float = Field(15.0, ge=0, le=1000, description="batching window in ms (seed: 15)")
 
 
+class KeytermSettings(BaseModel):
+    """Phrase boosting (``keyterms``): NeMo's boosting tree in the TDT label-looping decoder, one tree per term set,
+    chosen per item inside a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_terms: int = Field(1000, ge=1, le=20000, description="terms one request or stream may boost")
+    max_term_chars: int = Field(50, ge=1, le=500, description="characters in one term")
+    boost: float = Field(0.5, gt=0, description="default boost weight (the tree's weight added to the decoder's "
+                                                "log-probabilities; chosen on data: bench/results/keyterms-*)")
+    max_boost: float = Field(3.0, gt=0, description="largest boost a request may ask for (keyterms_boost)")
+    trees_per_model: int = Field(256, ge=1, description="term sets whose trees a replica keeps per model (least "
+                                                        "recently used dropped): a set's tree is built once")
+
+    @model_validator(mode="after")
+    def _boost_in_range(self):
+        if self.boost > self.max_boost:
+            raise ValueError("keyterms.boost must not exceed keyterms.max_boost")
+        return self
+
+
 # The model names OpenAI's and Deepgram's clients send by default (their SDKs, Pipecat's and LiveKit's plugins) ->
 # the default served model.
 DEFAULT_MODEL_ALIASES = {name: "" for name in (
@@ -194,6 +215,7 @@ class AppSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins browsers may call from (CORS off "
                                                                       "when empty; [\"*\"]: any)")
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    keyterms: KeytermSettings = Field(default_factory=KeytermSettings)
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this gets 503")
 
     @model_validator(mode="after")

@@ -64,6 +64,28 @@ def test_websockets_need_the_key_too(app):
         assert message["code"] == "invalid_api_key" and code == 1008
 
 
+def test_deepgram_clients_send_the_key_as_token_and_are_refused_at_the_upgrade_without_it(app, speech):
+    """Deepgram's SDKs and plugins send ``Authorization: Token <key>``; without a key the live socket is refused
+    with 401 at the upgrade (a 4xx makes Pipecat stop retrying), not accepted and closed."""
+    token = {"Authorization": f"Token {KEY}"}
+    listen = app.url + "/v1/listen?model=nova-3"
+    assert httpx.post(listen, content=speech, headers={"Content-Type": "audio/wav"}, timeout=60).status_code == 401
+    answered = httpx.post(listen, content=speech, headers={**token, "Content-Type": "audio/wav"}, timeout=120)
+    assert answered.status_code == 200 and answered.json()["metadata"]["request_id"]
+
+    async def upgrade(headers: dict) -> int | str:
+        try:
+            async with websockets.connect(listen.replace("http", "ws"), additional_headers=headers) as ws:
+                await ws.send(json.dumps({"type": "CloseStream"}))
+                return json.loads(await ws.recv())["type"]
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+
+    assert asyncio.run(upgrade({})) == 401
+    assert asyncio.run(upgrade({"Authorization": "Token nope"})) == 401
+    assert asyncio.run(upgrade(token)) == "Metadata"
+
+
 def test_the_official_sdk_passes_the_key(app, speech):
     from openai import OpenAI
 

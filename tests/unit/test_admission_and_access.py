@@ -5,7 +5,8 @@ from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 
 from deployments.access import ACCESS, AccessMiddleware, chosen_subprotocol
-from deployments.speech.admission import Admission, TooBusy
+from deployments.speech.admission import Admission
+from deployments.speech.errors import TooBusy
 from deployments.speech.settings import AdmissionSettings
 
 

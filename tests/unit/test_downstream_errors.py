@@ -33,7 +33,8 @@ def test_client_errors_pass_through_and_worker_failures_hide_internals():
 def test_a_segment_whose_replica_died_is_sent_once_more_then_gets_503():
     import ray
 
-    from deployments.backends import ReplicaGone, SegmentCall, retried
+    from deployments.backends import SegmentCall, retried
+    from deployments.speech.errors import ReplicaGone
 
     outcomes = []
 

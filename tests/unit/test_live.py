@@ -10,7 +10,7 @@ import pytest
 
 from deployments.speech.live import Finalize, PartialText, UtteranceJoiner, live_events
 from deployments.speech.live_vad import LiveVad, LiveVadState, LiveVadStep
-from deployments.speech.protocol import FinalEvent, PartialEvent
+from deployments.speech.protocol import FinalEvent
 from deployments.speech.schemas import SegmentTokens, SpeechSegment
 from deployments.speech.settings import StreamSettings, TurnRules, VadSettings
 from deployments.speech.vad import SpeechDetector
@@ -190,18 +190,21 @@ def test_a_partial_window_stays_bounded_and_its_text_keeps_the_committed_words()
     assert position - text.window(position) <= 3.5 * S, "windows reach back ~left + right context + interval"
 
 
-def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=False):
+def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=False, keyterms=None,
+             with_keyterms=False):
     """live_events over real VAD steps (an in-process Segmenter) and a fake model whose text names the span it got
     (so spans can be compared); ``controls``: {chunk index: control sent after that chunk}."""
     live = LiveVad(VAD)
     calls: list[tuple[str, int]] = []
+    boosted: list = []  # each call's keyterms
 
     async def vad_step(state, samples, last):
         await asyncio.sleep(0)
         return live.step([(state, samples, last)])[0]
 
-    async def transcribe(samples: np.ndarray, priority: str) -> SegmentTokens:
+    async def transcribe(samples: np.ndarray, priority: str, keyterms=None) -> SegmentTokens:
         calls.append((priority, len(samples)))
+        boosted.append(keyterms)
         await asyncio.sleep(0.001)
         return SegmentTokens(text=f"{len(samples)} samples {float(np.abs(samples).sum()):.3f}")
 
@@ -214,9 +217,10 @@ def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=Fal
                 yield controls[index]
 
     async def run():
-        return [e async for e in live_events(chunks(), vad_step, transcribe, None, stream, VAD)]
+        return [e async for e in live_events(chunks(), vad_step, transcribe, None, stream, VAD, keyterms=keyterms)]
 
-    return asyncio.run(run()), calls
+    events = asyncio.run(run())
+    return (events, calls, boosted) if with_keyterms else (events, calls)
 
 
 def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):
@@ -261,3 +265,23 @@ def test_finalize_through_the_event_loop(recordings):
     assert len(forced) + kinds_seen.count("NothingToFinalize") == 2, "each finalize gets one answer"
     assert all(abs(e.end - 61 * 1024 / SAMPLE_RATE) < 0.2 for e in forced)
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:])), "no audio in two finals"
+
+
+def test_keyterms_apply_to_every_transcription_until_a_configure_changes_them(recordings):
+    """The stream's keyterms go with each model call; a Reconfigure with new ones (or none) applies to the calls
+    issued after it, and one that changes only the rules keeps them."""
+    from deployments.speech.keyterms import Keyterms
+    from deployments.speech.live import Reconfigure
+
+    first, second = Keyterms(("nine",), 0.5), Keyterms(("four two",), 1.0)
+    audio = recordings[1]
+    chunks = len(audio) // 1024
+    controls = {chunks // 3: Reconfigure(rules=StreamSettings().turn_rules),
+                chunks // 2: Reconfigure(keyterms=second), 3 * chunks // 4: Reconfigure(keyterms=None)}
+    events, calls, boosted = run_live(audio, controls=controls, pace=True, keyterms=first, with_keyterms=True)
+    assert [e for e in events if isinstance(e, FinalEvent)]
+    seen = [k for k in boosted]
+    assert seen[0] == first and second in seen and seen[-1] is None
+    # in order: first, then second, then none (a change never goes back)
+    order = [k for i, k in enumerate(seen) if i == 0 or seen[i - 1] != k]
+    assert order == [first, second, None]

@@ -43,7 +43,7 @@ class FakeBackends:
         yield [SpeechSegment(start=0, end=SECOND)]
         yield [SpeechSegment(start=2 * SECOND, end=3 * SECOND), SpeechSegment(start=4 * SECOND, end=5 * SECOND)]
 
-    def transcribe(self, audio_ref, start, end, model):
+    def transcribe(self, audio_ref, start, end, model, keyterms=None):
         async def work():
             await asyncio.sleep(self.model_delay_s)
             if self.fail_at is not None and len(self.transcribed) == self.fail_at:

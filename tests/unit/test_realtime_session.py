@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from deployments.speech.catalog import ModelCatalog
-from deployments.speech.errors import PayloadTooLarge
-from deployments.speech.realtime import RealtimeError, TranscriptionSession, TurnDeltas, decode_append
+from deployments.speech.errors import PayloadTooLarge, RealtimeError
+from deployments.speech.realtime import TranscriptionSession, TurnDeltas, decode_append
 from deployments.speech.settings import ModelSpec, TurnRules, VadSettings
 
 CATALOG = ModelCatalog([ModelSpec(id="parakeet", source="x.nemo"),

@@ -37,6 +37,19 @@ def test_serve_config_is_valid(monkeypatch):
     assert transcriber.max_ongoing_requests >= 1024 >= batching.max_batch_size
 
 
+def test_the_proxy_never_ends_a_live_socket():
+    """Serve's proxy counts http_options.request_timeout_s from a request's start, for a WebSocket too (its whole
+    life, idle or not), so a value there would end every live stream, and an agent's idle socket, that long after it
+    opened. Voice-agent clients keep an idle socket for minutes; files are bounded by the app's own timeout."""
+    from ray.serve._private.http_util import parse_request_timeout_header
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    assert schema.http_options.request_timeout_s is None
+    assert parse_request_timeout_header({}, schema.http_options.request_timeout_s) is None  # what the proxy uses
+    assert AppSettings(**schema.applications[0].args).request_timeout_s <= 600
+
+
 @pytest.fixture
 def model_file(tmp_path) -> str:
     path = tmp_path / "x.nemo"

@@ -1,0 +1,165 @@
+"""Keyterms in the model: NeMo's boosting trees, per item inside one batch (NeMo 3.0's per-stream biasing).
+
+The label-looping TDT/RNNT decoder can hold many boosting trees at once (``GPUBiasingMultiModel``) and pick one per
+batch item (``multi_biasing_ids``; -1: none). This module owns one model's trees: each term set's tree is built
+once from the model's tokenizer and kept (least recently used dropped past ``trees_per_model``).
+
+Batches without keyterms never touch it: they run the recognizer's ordinary decoding, so their output and speed are
+exactly what they were. A batch with keyterms runs a second decoding object over the same decoder and joint
+networks with per-item biasing on; an item without keyterms in such a batch gets id -1, whose scores are the plain
+decoder's (a test holds that a batch-mate's output is identical with and without a boosted neighbour).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import logging
+from typing import Sequence
+
+from .errors import KeytermError
+from .keyterms import Keyterms
+
+log = logging.getLogger(__name__)
+
+
+class KeytermBiasing:
+    """One model's boosting trees. Not thread-safe: called on the Transcriber's one model thread, like the model."""
+
+    def __init__(self, model, model_id: str, trees_per_model: int = 256, use_triton: bool = False):
+        self.model = model
+        self.model_id = model_id
+        self.capacity = trees_per_model
+        self.use_triton = use_triton  # CUDA only (NeMo's Triton kernel; needed for CUDA graphs with biasing)
+        self._decoding = None
+        self._unsupported: str | None = None
+        self._ids: collections.OrderedDict[Keyterms, int] = collections.OrderedDict()
+        self.trees_built = 0  # for tests and operators: a term set's tree is built once
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def spelled(self, keyterms: Keyterms) -> Keyterms:
+        """``keyterms`` as this model can spell them: a term its tokenizer cannot write (a character outside its
+        vocabulary) is tried in lower case (for uncased models), else it is a 400 naming it."""
+        self._require_support()
+        tokenizer = self.model.tokenizer
+        unknown = getattr(tokenizer, "unk_id", None)
+        terms, unspellable = [], []
+        for term in keyterms.terms:
+            for candidate in dict.fromkeys((term, term.lower())):
+                ids = tokenizer.text_to_ids(candidate)
+                if ids and (unknown is None or unknown not in ids):
+                    terms.append(candidate)
+                    break
+            else:
+                unspellable.append(term)
+        if unspellable:
+            shown = ", ".join(repr(t) for t in unspellable[:5]) + (" ..." if len(unspellable) > 5 else "")
+            raise KeytermError(f"The model {self.model_id!r} cannot spell {len(unspellable)} keyterm(s): {shown} "
+                               "(characters outside its vocabulary).")
+        return Keyterms(tuple(dict.fromkeys(terms)), keyterms.boost)
+
+    def _require_support(self) -> None:
+        if self._decoding is None and self._unsupported is None:
+            self._build_decoding()
+        if self._unsupported is not None:
+            raise KeytermError(f"The model {self.model_id!r} does not support keyterms: {self._unsupported}.")
+
+    def _build_decoding(self) -> None:
+        """The model's own decoding settings plus per-item biasing, over the same decoder and joint networks."""
+        from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTBPEDecoding
+        from omegaconf import open_dict
+
+        model = self.model
+        try:
+            config = copy.deepcopy(model.decoding.cfg)
+            with open_dict(config):
+                config.greedy.enable_per_stream_biasing = True
+            decoding = RNNTBPEDecoding(decoding_cfg=config, decoder=model.decoder, joint=model.joint,
+                                       tokenizer=model.tokenizer)
+            computer = decoding.decoding.decoding_computer
+            if computer is None or computer.biasing_multi_model is None:
+                raise NotImplementedError("its decoder has no per-item biasing")
+            computer.biasing_multi_model.use_triton = self.use_triton
+        except (AttributeError, NotImplementedError, ValueError) as exc:
+            self._unsupported = str(exc) or "its decoder has no per-item biasing (NeMo's label-looping TDT/RNNT)"
+            log.warning("Keyterms unavailable for %s: %s", self.model_id, self._unsupported)
+            return
+        self._decoding = decoding
+
+    # ------------------------------------------------------------------------------------------ decoding
+
+    @property
+    def decoding(self):
+        self._require_support()
+        return self._decoding
+
+    def prepare(self, keyterms: Keyterms) -> None:
+        """Check ``keyterms`` against this model (a 400 naming what it cannot spell) and build their tree now."""
+        self._tree_id(keyterms, {keyterms})
+
+    def start_hypotheses(self, keyterms: Sequence[Keyterms | None]) -> list:
+        """The partial hypotheses that carry each item's tree (``None`` for items without keyterms)."""
+        from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+
+        in_use = {k for k in keyterms if k is not None}
+        return [None if k is None else
+                _BiasedStart(y_sequence=[], score=0.0,
+                             biasing_cfg=BiasingRequestItemConfig(multi_model_id=self._tree_id(k, in_use),
+                                                                  auto_manage_multi_model=False))
+                for k in keyterms]
+
+    def _tree_id(self, keyterms: Keyterms, in_use: set[Keyterms]) -> int:
+        found = self._ids.get(keyterms)
+        if found is not None:
+            self._ids.move_to_end(keyterms)
+            return found
+        from nemo.collections.asr.parts.context_biasing import BoostingTreeModelConfig, GPUBoostingTreeModel
+
+        multi = self.decoding.decoding.decoding_computer.biasing_multi_model
+        while len(self._ids) >= self.capacity:  # the least recently used set not in this batch
+            victim = next((k for k in self._ids if k not in in_use), None)
+            if victim is None:
+                break
+            multi.remove_model(self._ids.pop(victim))
+        spelled = self.spelled(keyterms)
+        tree = GPUBoostingTreeModel.from_config(
+            BoostingTreeModelConfig(key_phrases_list=list(spelled.terms), use_triton=self.use_triton),
+            tokenizer=self.model.tokenizer)
+        tree_id = multi.add_model(tree, alpha=keyterms.boost)
+        self._ids[keyterms] = tree_id
+        self.trees_built += 1
+        return tree_id
+
+
+def _biased_start_class():
+    from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+    class BiasedStart(Hypothesis):
+        """An empty hypothesis that only carries its item's tree into the decoder. NeMo merges the decoded
+        continuation into it, but its merge drops per-token durations; an empty start simply becomes the
+        continuation (keeping the tree it carried)."""
+
+        def merge_(self, other):
+            carried = self.biasing_cfg
+            for field in dataclasses.fields(other):
+                setattr(self, field.name, getattr(other, field.name))
+            self.biasing_cfg = carried
+            return self
+
+    return BiasedStart
+
+
+class _LazyBiasedStart:
+    """NeMo is imported only where keyterms are used (the Ray-free core imports this module without it)."""
+
+    _cls = None
+
+    def __call__(self, **fields):
+        if _LazyBiasedStart._cls is None:
+            _LazyBiasedStart._cls = _biased_start_class()
+        return _LazyBiasedStart._cls(**fields)
+
+
+_BiasedStart = _LazyBiasedStart()

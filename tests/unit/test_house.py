@@ -1,0 +1,45 @@
+"""The house rules that a reader relies on, checked over the source: each shared fact has one home."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "deployments").rglob("*.py"))
+
+
+def lines_matching(pattern: str, files: list[Path], allowed: set[str]) -> list[str]:
+    found = []
+    for path in files:
+        relative = str(path.relative_to(ROOT))
+        if relative in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(pattern, line.split("#")[0]):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    return found
+
+
+def test_the_sample_rate_is_written_once():
+    """16 kHz is defined in parakeet_defaults; the list of PCM rates a Realtime client may declare is a list of
+    rates, not the model's."""
+    stray = lines_matching(r"\b16_?000\b(?!,\s*22050)", SHIPPED + sorted((ROOT / "bench").glob("*.py")),
+                           {"deployments/speech/parakeet_defaults.py"})
+    assert not stray, "use parakeet_defaults.SAMPLE_RATE:\n" + "\n".join(stray)
+
+
+def test_every_client_error_is_defined_in_the_errors_module():
+    """A reader looks for what a client can be told in one place: every ApiError subclass lives in speech/errors.py."""
+    import deployments.speech.errors as errors
+
+    stray = lines_matching(r"^class \w+\((ApiError|" + "|".join(
+        name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, errors.ApiError))
+        + r")\)", SHIPPED, {"deployments/speech/errors.py"})
+    assert not stray, "define it in deployments/speech/errors.py:\n" + "\n".join(stray)
+
+
+def test_every_series_is_defined_in_the_metrics_module():
+    """metrics.py's docstring says every series is defined there (and the Grafana test reads them from there)."""
+    stray = lines_matching(r"\b(Counter|Histogram|Gauge)\(", SHIPPED, {"deployments/metrics.py"})
+    assert not stray, "define the series in deployments/metrics.py:\n" + "\n".join(stray)
