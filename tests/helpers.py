@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 from bench.audio import (DIGITS, FIXTURES, SAMPLE_RATE, Recording, encode, free_port, heldout,  # noqa: F401
-                         long_recording, phrase_recording, random_phrases)
-
-
-def word_errors(reference: str, hypothesis: str) -> int:
-    ref, hyp = reference.split(), hypothesis.split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
+                         long_recording, phrase_recording, noisy_heldout, random_phrases, word_errors)
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
@@ -53,15 +43,3 @@ def wait_for_metrics(metrics_url: str, moved, timeout_s: float = 60) -> Scrape:
             return scrape
         time.sleep(0.5)
 
-
-def noisy_heldout(snr_db: float = 0.0, seed: int = 5) -> list[tuple["np.ndarray", str]]:
-    """The 40 held-out utterances (voices the model never heard) under white noise at ``snr_db``: at 0 dB the
-    trained digits model errs on about 15 % of their words (the keyterm tests' material)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for audio, text in heldout()["utterances"]:
-        noise = rng.standard_normal(len(audio)).astype(np.float32) * np.sqrt(np.mean(audio ** 2) / 10 ** (snr_db / 10))
-        out.append(((audio + noise).astype(np.float32), text))
-    return out

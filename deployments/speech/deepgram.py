@@ -5,8 +5,8 @@
 Honoured query parameters: ``encoding`` (``linear16``), ``sample_rate``, ``channels`` (interleaved; mixed down),
 ``interim_results``, ``endpointing`` (ms, or ``false``: onto the stream's turn pause), ``vad_events``
 (``SpeechStarted``), ``utterance_end_ms`` (``UtteranceEnd``), ``language``, ``model`` (a served id or an alias),
-``keyterm`` (repeated: phrases boosted, as ``keyterms`` elsewhere) and ``multichannel`` (pre-recorded). Every other parameter
-is accepted and ignored (``IGNORED``), never a 400: clients send a dozen by default.
+``keyterm`` (repeated: phrases boosted, as ``keyterms`` elsewhere) and ``multichannel`` (pre-recorded). Every other
+parameter is accepted and ignored (``IGNORED``), never a 400: clients send a dozen by default.
 """
 
 from __future__ import annotations

@@ -1,0 +1,150 @@
+"""Keyterms, served: what boosting costs and what it gains.
+
+    python -m bench.keyterms              # digits model, ~6 min on 2 cores
+    python -m bench.keyterms --quick      # fewer requests
+
+Rows (one run, the same served app):
+- throughput at concurrency 4 with 0 / 100 / 1,000 terms per request (audio seconds per wall second; each of the 4
+  clients has its own term set, as apps with their own vocabularies would), and each ratio to no terms;
+- p50 latency at concurrency 1 with 100 terms against none (the added milliseconds);
+- recall on noisy held-out speech (white noise at 0 dB: the 40 utterances of voices the model never heard):
+  utterances transcribed exactly without keyterms and with the spoken digit string boosted, and, with a random
+  digit string that was not said boosted instead, the WER and how often the output is that unsaid string.
+Writes bench/results/keyterms-<model>-cpu.json and .md. Nothing here is asserted (tests/unit/test_keyterms.py and
+tests/integration/test_keyterms.py hold the recall and isolation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.audio import DIGITS, encode, noisy_heldout, synthetic_speech, word_errors
+from bench.run import RESULTS, Served, model_path
+
+CLIENTS = 4
+
+
+def term_set(count: int, seed: int) -> list[str]:
+    """``count`` distinct digit strings of 1-4 words (account codes, product numbers)."""
+    rng = random.Random(seed)
+    terms: dict[str, None] = {}
+    while len(terms) < count:
+        terms.setdefault(" ".join(rng.choice(DIGITS[:10]) for _ in range(rng.randint(1, 4))), None)
+    return list(terms)
+
+
+async def throughput(url: str, files: list[bytes], seconds: float, terms: list[list[str]] | None,
+                     concurrency: int) -> tuple[float, list[float]]:
+    """Every file sent once by ``concurrency`` clients (client i boosts ``terms[i]``); audio s per wall s and each
+    request's latency."""
+    import httpx
+
+    queue = list(range(len(files)))
+    latencies: list[float] = []
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        data = {"keyterms": terms[index]} if terms else {}
+        while queue:
+            file = files[queue.pop()]
+            started = time.perf_counter()
+            response = await http.post(url + "/v1/audio/transcriptions", files={"file": ("a.wav", file)},
+                                       data=data)
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(timeout=600) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*[client(i, http) for i in range(concurrency)])
+        wall = time.perf_counter() - started
+    return seconds * len(files) / wall, latencies
+
+
+def recall(url: str) -> dict:
+    import httpx
+
+    pick = random.Random(9)
+    exact = {"plain": 0, "boosted": 0}
+    misled_as_unsaid, errors = 0, {"plain": 0, "boosted": 0, "unsaid": 0}
+    words = 0
+
+    def text(audio: np.ndarray, terms: list[str]) -> str:
+        return httpx.post(url + "/v1/audio/transcriptions", files={"file": ("a.wav", encode(audio))},
+                          data={"keyterms": terms} if terms else {}, timeout=120).json()["text"]
+
+    material = noisy_heldout(0.0)
+    for noisy, said in material:
+        unsaid = " ".join(pick.choice(DIGITS[:10]) for _ in said.split())
+        heard = {"plain": text(noisy, []), "boosted": text(noisy, [said]), "unsaid": text(noisy, [unsaid])}
+        words += len(said.split())
+        for kind, hypothesis in heard.items():
+            errors[kind] += word_errors(said, hypothesis)
+        exact["plain"] += heard["plain"] == said
+        exact["boosted"] += heard["boosted"] == said
+        misled_as_unsaid += heard["unsaid"] == unsaid != said
+    count = len(material)
+    return {"utterances": count, "snr_db": 0, "exact_plain": exact["plain"], "exact_boosted": exact["boosted"],
+            "wer_plain": round(errors["plain"] / words, 3), "wer_boosted": round(errors["boosted"] / words, 3),
+            "wer_unsaid_boosted": round(errors["unsaid"] / words, 3), "output_is_the_unsaid_phrase": misled_as_unsaid}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    seconds = 10.0
+    count = 12 if args.quick else 32
+    files = [encode(synthetic_speech(seconds, seed=100 + i)) for i in range(count)]
+    served = Served(model_path(args.model, Path("/tmp/parakeet-bench")), 4, 15, {})
+    rows: dict[str, dict] = {}
+    try:
+        sets = {n: [term_set(n, seed=1000 * n + c) for c in range(CLIENTS)] for n in (100, 1000)}
+        for n, clients in sets.items():  # each set's tree built once, before it is timed (as a warm service)
+            asyncio.run(throughput(served.url, files[:CLIENTS], seconds, clients, CLIENTS))
+        asyncio.run(throughput(served.url, files[:CLIENTS], seconds, None, CLIENTS))
+        for label, terms in (("0 terms", None), ("100 terms", sets[100]), ("1000 terms", sets[1000])):
+            rate, _ = asyncio.run(throughput(served.url, files, seconds, terms, CLIENTS))
+            rows[label] = {"audio_s_per_s": round(rate, 2)}
+        for label, terms in (("0 terms", None), ("100 terms", sets[100][:1])):
+            _, latencies = asyncio.run(throughput(served.url, files, seconds, terms, 1))
+            rows[label]["p50_ms_concurrency_1"] = round(statistics.median(latencies) * 1000, 1)
+        gains = recall(served.url)
+    finally:
+        served.shutdown()
+    base = rows["0 terms"]["audio_s_per_s"]
+    for row in rows.values():
+        row["ratio_to_no_terms"] = round(row["audio_s_per_s"] / base, 3)
+    added = round(rows["100 terms"]["p50_ms_concurrency_1"] - rows["0 terms"]["p50_ms_concurrency_1"], 1)
+    report = {"command": "python -m bench.keyterms " + " ".join(argv or []), "model": args.model,
+              "file_s": seconds, "files": count, "clients": CLIENTS, "throughput": rows,
+              "added_p50_ms_100_terms": added, "recall": gains,
+              "targets": {"100 terms": ">= 0.95", "1000 terms": ">= 0.90", "added p50 ms": "<= 10"}}
+    name = f"keyterms-{Path(args.model).stem}-cpu"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Keyterms ({args.model} model, 2-core CPU)\n", f"`{report['command']}`\n",
+             f"Throughput, {count} files of {seconds:g} s at concurrency {CLIENTS} (each client its own term set):\n",
+             "| terms per request | audio s / s | ratio to none | target |", "|---|---|---|---|"]
+    for label, target in (("0 terms", ""), ("100 terms", ">= 0.95"), ("1000 terms", ">= 0.90")):
+        lines.append(f"| {label} | {rows[label]['audio_s_per_s']} | {rows[label]['ratio_to_no_terms']} | {target} |")
+    lines += ["", f"p50 at concurrency 1: {rows['0 terms']['p50_ms_concurrency_1']} ms without terms, "
+              f"{rows['100 terms']['p50_ms_concurrency_1']} ms with 100: {added:+} ms (target <= 10).", "",
+              f"Recall, {gains['utterances']} noisy held-out utterances (0 dB): exact {gains['exact_plain']} -> "
+              f"{gains['exact_boosted']} with the spoken string boosted; WER {gains['wer_plain']} -> "
+              f"{gains['wer_boosted']}. An unsaid string boosted instead: WER {gains['wer_unsaid_boosted']}, output "
+              f"equal to it {gains['output_is_the_unsaid_phrase']} times."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
