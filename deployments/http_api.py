@@ -30,6 +30,9 @@ ERROR_RESPONSES = {status: {"description": description, **_ERROR} for status, de
     (429, "over the admission limits (Retry-After)"), (503, "overloaded, a replica failed, or too slow (Retry-After)")]}
 _TEXT = {"type": "string"}
 _BOOLEAN = {"type": "string", "enum": ["true", "false"]}
+_KEYTERMS = {"keyterms": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 50},
+                          "maxItems": 1000, "description": "words and phrases to boost (repeat the field)"},
+             "keyterms_boost": {"type": "number", "exclusiveMinimum": 0, "maximum": 3}}
 
 
 def form_body(fields: dict[str, dict]) -> dict:
@@ -40,12 +43,12 @@ def form_body(fields: dict[str, dict]) -> dict:
 
 OPENAI_FORM = form_body({
     "model": _TEXT, "language": _TEXT, "prompt": _TEXT, "temperature": {"type": "number"},
-    "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+    "response_format": {"type": "string", "enum": list(formats.RESPONSE_FORMATS)},
     "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
     "include[]": {"type": "array", "items": {"type": "string", "enum": ["logprobs"]}},
-    "stream": _BOOLEAN, "vad": _BOOLEAN, "multichannel": _BOOLEAN})
+    "stream": _BOOLEAN, "vad": _BOOLEAN, "multichannel": _BOOLEAN, **_KEYTERMS})
 LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEAN, "model": _TEXT,
-                         "multichannel": _BOOLEAN})
+                         "multichannel": _BOOLEAN, **_KEYTERMS})
 # (any audio content type is accepted, audio/wav as Deepgram's clients send it; documented as octet-stream)
 LISTEN_BODY = {"requestBody": {"required": True, "description": "the audio file itself (audio/wav, audio/mpeg, ...)",
                                "content": {"application/octet-stream": {"schema": {"type": "string",

@@ -26,7 +26,6 @@ from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import deepgram, formats
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.admission import Admission, Ticket
-from deployments.speech.errors import TooBusy
 from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
 from deployments.speech.schemas import TranscriptionResult
@@ -109,8 +108,7 @@ class Ingress:
         ``final`` dicts and a last ``{"type": "done"}``."""
         choice = await self.pipeline.checked(self.catalog.choose(model, language, keyterms, keyterms_boost))
         if not self.slots.take():  # a live stream: counted with the WebSocket streams
-            raise TooBusy(f"Too many concurrent streams ({self.slots.limit} per replica); retry shortly.",
-                          self.settings.admission.retry_after_s)
+            raise self.slots.refusal(self.settings.admission.retry_after_s)
         try:
             loaded = await self.pipeline.load(audio, sample_rate)
             events = self.pipeline.replay(loaded, chunk_ms=chunk_ms, timestamps=timestamps, partials=partials,

@@ -69,9 +69,9 @@ class RealtimeConnection(LiveSocket):
                                                param="intent"), BAD_CONFIG)
             return "bad_config"
         if not self.slots.take():
-            await self._close_with(error_event(self.ids.event(), f"Too many concurrent streams "
-                                               f"({self.slots.limit} per replica); retry shortly.",
-                                               type_="server_error", code="too_many_streams"), TRY_LATER)
+            refused = self.slots.refusal()
+            await self._close_with(error_event(self.ids.event(), refused.message, type_="server_error",
+                                               code=refused.code), TRY_LATER)
             return "refused"
         try:
             await self._send({"type": "session.created", "event_id": self.ids.event(), "session": self._describe()})

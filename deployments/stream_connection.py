@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from deployments.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import Choice, ModelCatalog
-from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge
+from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge, TooBusy
 from deployments.speech.live import KEEP, Control, Finalize, Reconfigure
 from deployments.speech.pipeline import TranscriptionPipeline
 from deployments.speech.protocol import (STREAM_MESSAGE, ConfigureStream, DoneEvent, EndOfStream, FinalizeTurn,
@@ -54,6 +54,11 @@ class StreamSlots:
         self._on_change(self.active)
         return True
 
+    def refusal(self, retry_after_s: int = 2) -> TooBusy:
+        """What a stream refused for want of a slot is told (every live protocol, the handle's stream)."""
+        return TooBusy(f"Too many concurrent streams ({self.limit} per replica); retry shortly.", retry_after_s,
+                       code="too_many_streams")
+
     def give_back(self) -> None:
         self.active -= 1
         self._on_change(self.active)
@@ -83,8 +88,8 @@ class StreamConnection(LiveSocket):
         """Run the stream to its end; returns the outcome (for the streams metric)."""
         await self.websocket.accept(subprotocol=chosen_subprotocol(self.websocket.scope))
         if not self.slots.take():
-            await self._fail(f"Too many concurrent streams ({self.slots.limit} per replica); retry shortly.",
-                             TRY_LATER, "too_many_streams")
+            refused = self.slots.refusal()
+            await self._fail(refused.message, TRY_LATER, refused.code)
             return "refused"
         try:
             return await self._run()

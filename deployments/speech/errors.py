@@ -78,8 +78,8 @@ class TooBusy(ApiError):
     status = 429
     type = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message, code="server_busy", headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, retry_after_s: int, code: str = "server_busy"):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class RealtimeError(InvalidRequest):

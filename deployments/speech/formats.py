@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from .schemas import Segment, TranscriptionResult
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
-RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "verbose_json", "srt", "vtt")
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
+TIMED_FORMATS = ("verbose_json", "srt", "vtt")  # the formats with segment times: only these call the Aligner
 MEDIA_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",

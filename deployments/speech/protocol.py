@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import Annotated
 
 from .errors import ApiError, InvalidRequest
-from .formats import RESPONSE_FORMATS
+from .formats import RESPONSE_FORMATS, TIMED_FORMATS
 from .parakeet_defaults import SAMPLE_RATE
 from .schemas import TokenLogprob, Word
 from .settings import TurnRules
@@ -74,7 +74,7 @@ class OpenAIRequest(BaseModel):
     @property
     def timestamps(self) -> bool:
         # Segment times are needed for verbose_json, srt and vtt; only then is the Aligner called.
-        return self.response_format in ("verbose_json", "srt", "vtt")
+        return self.response_format in TIMED_FORMATS
 
     @classmethod
     def from_form(cls, form: UploadForm) -> "OpenAIRequest":

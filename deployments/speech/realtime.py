@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .audio import pcm16_to_float
 from .catalog import Choice, ModelCatalog
 from .errors import ApiError, PayloadTooLarge, RealtimeError
 from .schemas import TokenLogprob
@@ -257,7 +258,7 @@ def decode_append(audio_b64: Any, session: TranscriptionSession, max_bytes: int)
     if len(data) % 2:
         raise RealtimeError("audio/pcm must be 16-bit little-endian samples: an even number of bytes.",
                             code="invalid_audio", param="audio")
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return pcm16_to_float(data)
 
 
 # ---------------------------------------------------------------------------------------------- server events

@@ -43,3 +43,13 @@ def test_every_series_is_defined_in_the_metrics_module():
     """metrics.py's docstring says every series is defined there (and the Grafana test reads them from there)."""
     stray = lines_matching(r"\b(Counter|Histogram|Gauge)\(", SHIPPED, {"deployments/metrics.py"})
     assert not stray, "define the series in deployments/metrics.py:\n" + "\n".join(stray)
+
+
+def test_the_stream_refusal_is_written_once():
+    stray = lines_matching(r"Too many concurrent streams", SHIPPED, set())
+    assert len(stray) == 1 and "stream_connection.py" in stray[0], "\n".join(stray)
+
+
+def test_pcm16_is_decoded_in_one_place():
+    stray = lines_matching(r"frombuffer\(.*(<i2|int16)", SHIPPED, {"deployments/speech/audio.py"})
+    assert not stray, "use audio.pcm16_to_float:\n" + "\n".join(stray)
