@@ -9,11 +9,12 @@ from typing import Callable, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.speech import formats
 from deployments.speech.errors import ApiError, InternalError, InvalidRequest, PayloadTooLarge
-from deployments.speech.protocol import ErrorInfo, ErrorResponse, OpenAIRequest
+from deployments.speech.protocol import ErrorInfo, ErrorResponse, OpenAIRequest, TranscriptionJson
 from deployments.speech.schemas import TranscriptionResult
 from deployments.speech.uploads import UploadForm, read_form
 
@@ -23,7 +24,19 @@ DEMO_PAGE = (Path(__file__).parent / "demo.html").read_text(encoding="utf-8")  #
 
 # The OpenAPI description of what the routes read from the raw request (they parse multipart themselves, counting
 # bytes as they arrive), and of every error they answer with: clients, docs and the schema fuzzer read it.
-_ERROR = {"content": {"application/json": {"schema": ErrorResponse.model_json_schema()}}}
+# Each body's schema is defined once, in components (TranscriptionResult is verbose_json's, ErrorResponse every
+# error's), and referenced from each response.
+_, _DEFINITIONS = models_json_schema([(m, "validation") for m in (ErrorResponse, TranscriptionJson,
+                                                                     TranscriptionResult)],
+                                     ref_template="#/components/schemas/{model}")
+COMPONENTS = _DEFINITIONS["$defs"]
+
+
+def component(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERROR = {"content": {"application/json": {"schema": component("ErrorResponse")}}}
 ERROR_RESPONSES = {status: {"description": description, **_ERROR} for status, description in [
     (400, "a bad parameter, missing file, empty or too short audio"), (401, "missing or wrong API key"),
     (404, "unknown model"), (413, "upload or audio too large"), (415, "not decodable as audio"),
@@ -53,9 +66,27 @@ LEGACY_FORM = form_body({"include_timestamps": _BOOLEAN, "should_chunk": _BOOLEA
 LISTEN_BODY = {"requestBody": {"required": True, "description": "the audio file itself (audio/wav, audio/mpeg, ...)",
                                "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                    "format": "binary"}}}}}
-OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format asked for", "content": {
-    "application/json": {}, "text/plain": {}, "text/vtt": {}, "application/x-subrip": {},
-    "text/event-stream": {}}}, **ERROR_RESPONSES}
+_TEXT_BODY = {"schema": {"type": "string"}}
+OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format asked for: json "
+                                         "(TranscriptionJson), verbose_json (TranscriptionResult), text, srt, vtt; "
+                                         "stream=true: Server-Sent Events (transcript.text.delta, "
+                                         "transcript.text.done)", "content": {
+    "application/json": {"schema": {"anyOf": [component("TranscriptionJson"), component("TranscriptionResult")]}},
+    "text/plain": _TEXT_BODY, "text/vtt": _TEXT_BODY, "application/x-subrip": _TEXT_BODY,
+    "text/event-stream": _TEXT_BODY}}, **ERROR_RESPONSES}
+
+
+def install_openapi_components(api: FastAPI) -> None:
+    """The schemas the responses reference, in the document's components (FastAPI only adds the ones its own
+    routes' models need)."""
+    build = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            build().setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+        return api.openapi_schema
+
+    api.openapi = openapi
 
 
 def error_response(error: ApiError) -> JSONResponse:

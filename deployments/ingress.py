@@ -19,7 +19,8 @@ from ray.serve.handle import DeploymentHandle
 from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
 from deployments.http_api import (DEMO_PAGE, ERROR_RESPONSES, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
-                                  OPENAI_RESPONSES, install_error_handlers, openai_response, read_body, read_upload)
+                                  OPENAI_RESPONSES, install_error_handlers, install_openapi_components,
+                                  openai_response, read_body, read_upload)
 from deployments.listen_connection import ListenConnection
 from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
@@ -35,6 +36,7 @@ from deployments.stream_connection import StreamConnection, StreamSlots
 api = FastAPI(title="Parakeet speech-to-text", version="1.0",
               description="OpenAI-compatible transcription with NVIDIA Parakeet-TDT-0.6B-v2 on Ray Serve.")
 install_error_handlers(api)
+install_openapi_components(api)
 api.add_middleware(AccessMiddleware)  # the API key and CORS (this replica's settings, set in __init__)
 
 

@@ -109,3 +109,16 @@ def digits_app(ray_cluster, digits_model):
     served = run_app(ray_cluster, model=str(digits_model), stream={"max_streams": 20, "partial_interval_ms": 1000})
     yield served
     stop_app()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where CUDA is present (the GPU path: CUDA graphs, bf16, NeMo's Triton biasing
+    kernel); on a machine without one they are skipped, saying so (CPU CI has none by design)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (the gpu marker: run where one is present)"))

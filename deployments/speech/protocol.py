@@ -15,7 +15,7 @@ from typing_extensions import Annotated
 from .errors import ApiError, InvalidRequest
 from .formats import RESPONSE_FORMATS, TIMED_FORMATS
 from .parakeet_defaults import SAMPLE_RATE
-from .schemas import TokenLogprob, Word
+from .schemas import ChannelText, TokenLogprob, Word
 from .settings import TurnRules
 from .uploads import UploadForm
 
@@ -41,6 +41,15 @@ class ErrorResponse(BaseModel):
     """Every HTTP error body."""
 
     error: ErrorInfo
+
+
+class TranscriptionJson(BaseModel):
+    """``response_format=json``: the text; each channel's text with ``multichannel=true``; the tokens'
+    log-probabilities with ``include[]=logprobs``."""
+
+    text: str
+    channels: Optional[list[ChannelText]] = None
+    logprobs: Optional[list[TokenLogprob]] = None
 
 
 # ---------------------------------------------------------------------------------------------- HTTP requests

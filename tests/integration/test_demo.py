@@ -13,12 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import encode, normalise, phrase_recording, word_errors
+from tests.helpers import encode, normalise, phrase_recording, require, word_errors
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
-                                            "(apt-get install chromium chromium-driver; .ci/run installs them)")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def chromium():
+    require(bool(CHROMIUM and CHROMEDRIVER), "needs Debian's chromium and chromium-driver (apt-get install chromium "
+                                             "chromium-driver; .ci/run installs them)")
 WAIT_S = 90
 
 

@@ -53,3 +53,25 @@ def test_the_stream_refusal_is_written_once():
 def test_pcm16_is_decoded_in_one_place():
     stray = lines_matching(r"frombuffer\(.*(<i2|int16)", SHIPPED, {"deployments/speech/audio.py"})
     assert not stray, "use audio.pcm16_to_float:\n" + "\n".join(stray)
+
+
+def test_the_openapi_document_is_valid_and_describes_every_body():
+    """Client generators and the schema fuzzer read /openapi.json: it validates, every error response points at
+    the one ErrorResponse schema, and the transcription's 200 describes each format's body."""
+    from openapi_spec_validator import validate
+
+    from deployments.ingress import api
+
+    document = api.openapi()
+    validate(document)
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    errors = [response for op in operations for status, response in op["responses"].items()
+              if status[0] in "45" and "content" in response]
+    assert errors and all(r["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+                          for r in errors)
+    ok = document["paths"]["/v1/audio/transcriptions"]["post"]["responses"]["200"]["content"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in ok["application/json"]["schema"]["anyOf"]} == {
+        "TranscriptionJson", "TranscriptionResult"}
+    assert all(ok[kind]["schema"] == {"type": "string"} for kind in ("text/plain", "text/vtt", "text/event-stream"))
+    assert {"ErrorResponse", "TranscriptionJson", "TranscriptionResult", "Word", "Segment"} <= set(
+        document["components"]["schemas"])
