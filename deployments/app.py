@@ -20,6 +20,7 @@ from ray.serve import Application
 from deployments.aligner import Aligner
 from deployments.ingress import Ingress
 from deployments.segmenter import Segmenter
+from deployments.speech.parakeet_defaults import is_local_model
 from deployments.speech.settings import AppSettings
 from deployments.transcriber import Transcriber
 
@@ -95,8 +96,8 @@ def check_model_sources(settings: AppSettings) -> None:
 
 
 def model_source_problem(source: str) -> str | None:
-    if source.endswith(".nemo") or source.startswith(("/", ".")) or Path(source).exists():
-        return None if Path(source).is_file() else f"tried the local file {source}: no such file"
+    if is_local_model(source):
+        return None if Path(source).expanduser().is_file() else f"tried the local file {source}: no such file"
     if "/" not in source:  # a NeMo (NGC) pretrained name: found, or not, when the replica loads it
         return None
     import huggingface_hub

@@ -1,5 +1,6 @@
 """``make serve``: the preflight, a one-node Ray with its Prometheus metrics on a known port, the app of a config
-file on it, until Ctrl-C or SIGTERM, then Serve and that Ray shut down (and nothing else).
+file on it, until Ctrl-C or SIGTERM, then Serve and that Ray shut down, every process it started with them (and
+nothing else).
 
     python -m deployments.launch serve_config.yaml --metrics-port 8080
 
@@ -12,11 +13,13 @@ out. The config's ``http_options``, ``proxy_location`` and application (its ``ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
 from pathlib import Path
 
+import psutil
 import yaml
 
 from deployments import preflight
@@ -51,8 +54,29 @@ def main(argv: list[str] | None = None) -> None:
         stop.wait()
         print("Stopping...", flush=True)
     finally:
+        started = _descendants()  # Ray's processes, the agents its raylet started included, before they are orphaned
         serve.shutdown()
         ray.shutdown()
+        _reap(started)
+
+
+def _descendants() -> list:
+    return psutil.Process().children(recursive=True)
+
+
+def _reap(processes: list, grace_s: float = 5.0) -> None:
+    """End what ``ray.shutdown`` left behind. A SIGTERM to this process alone (systemd, Docker, Kubernetes) reaches
+    none of Ray's, and its DashboardAgent and RuntimeEnvAgent ignore SIGTERM once their raylet is gone: whatever
+    still runs after the grace gets SIGKILL."""
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 if __name__ == "__main__":

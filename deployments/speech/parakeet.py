@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .keyterms import Keyterms
-from .parakeet_defaults import DEFAULT_MODEL, SAMPLE_RATE  # noqa: F401 (re-exported)
+from .parakeet_defaults import DEFAULT_MODEL, SAMPLE_RATE, is_local_model  # noqa: F401 (re-exported)
 from .schemas import SegmentTokens
 
 log = logging.getLogger(__name__)
@@ -46,12 +45,12 @@ def load_nemo_model(source: str, device: str):
     from nemo.collections.asr.models import ASRModel
 
     map_location = torch.device(device)
-    is_path = source.endswith(".nemo") or os.path.sep in source and Path(source).exists()
+    is_path = is_local_model(source)
     try:
         if is_path:
-            if not Path(source).is_file():
+            if not Path(source).expanduser().is_file():
                 raise FileNotFoundError(f"no such file: {source}")
-            return ASRModel.restore_from(source, map_location=map_location)
+            return ASRModel.restore_from(str(Path(source).expanduser()), map_location=map_location)
         return ASRModel.from_pretrained(source, map_location=map_location)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the same actionable line
         tried = f"local .nemo file {source!r}" if is_path else f"Hugging Face model {source!r} (cache, then hub)"

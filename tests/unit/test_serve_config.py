@@ -108,6 +108,22 @@ def test_a_model_that_cannot_be_had_stops_start_up_with_one_line(monkeypatch, tm
         app_module.build_app({"models": [{"id": "v3", "source": "nvidia/parakeet-tdt-0.6b-v3"}]})
 
 
+@pytest.mark.parametrize("source, local", [("/missing-dir", True), ("./x", True), ("~/m.nemo", True),
+                                           ("models/x.nemo", True), ("nvidia/parakeet-tdt-0.6b-v2", False),
+                                           ("stt_en_fastconformer", False)])
+def test_the_preflight_and_the_loader_agree_on_what_is_a_local_file(monkeypatch, source, local):
+    """One rule (parakeet_defaults.is_local_model) for both: a missing local path is a missing file for each."""
+    from deployments import app as app_module
+    from deployments.speech import parakeet
+    from deployments.speech.parakeet_defaults import is_local_model
+
+    assert is_local_model(source) is local
+    if local:
+        assert "no such file" in app_module.model_source_problem(source)
+        with pytest.raises(parakeet.ModelLoadError, match="tried local .nemo file"):
+            parakeet.load_nemo_model(source, "cpu")
+
+
 def test_autoscaling_can_never_take_what_a_dead_transcribers_replacement_needs(monkeypatch):
     """The sizing rule: every CPU deployment at its max_replicas plus one Transcriber fits a 2-core machine."""
     monkeypatch.delenv("PARAKEET_MODEL", raising=False)
