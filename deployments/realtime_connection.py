@@ -34,8 +34,11 @@ from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.pipeline import LoadedAudio, TranscriptionPipeline
 from deployments.speech.live import Control, Finalize, Reconfigure
 from deployments.speech.protocol import FinalEvent, LiveEvent, NothingToFinalize, SpeechStarted, SpeechStopped
-from deployments.speech.realtime import (EventIds, TranscriptionSession, TurnDeltas, completed_event,
-                                         decode_append, error_event)
+from deployments.speech.realtime import EventIds, TranscriptionSession, TurnDeltas, decode_append
+from deployments.speech.realtime_events import (BufferCleared, BufferCommitted, ServerEvent, SessionCreated,
+                                                SessionUpdated, SpeechStartedEvent, SpeechStoppedEvent,
+                                                TranscriptionCompleted, TranscriptionDelta, TranscriptionFailed,
+                                                error_event)
 from deployments.speech.settings import AppSettings
 from deployments.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
 
@@ -74,7 +77,7 @@ class RealtimeConnection(LiveSocket):
                                                code=refused.code), TRY_LATER)
             return "refused"
         try:
-            await self._send({"type": "session.created", "event_id": self.ids.event(), "session": self._describe()})
+            await self._send(SessionCreated(event_id=self.ids.event(), session=self._describe()))
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -132,7 +135,7 @@ class RealtimeConnection(LiveSocket):
             buffered, self.buffer, self.buffered = self.buffer, [], 0
             for samples in buffered:
                 await self._live_run().feed(samples)
-        await self._send({"type": "session.updated", "event_id": self.ids.event(), "session": self._describe()})
+        await self._send(SessionUpdated(event_id=self.ids.event(), session=self._describe()))
 
     async def _append(self, event: dict) -> None:
         raw = decode_append(event.get("audio"), self.session, self.settings.stream.max_frame_bytes)
@@ -161,8 +164,7 @@ class RealtimeConnection(LiveSocket):
         self.buffer, self.buffered = [], 0
         self.position += len(samples)
         item = self.ids.item()
-        await self._send({"type": "input_audio_buffer.committed", "event_id": self.ids.event(), "item_id": item,
-                          "previous_item_id": self.last_item})
+        await self._send(BufferCommitted(event_id=self.ids.event(), item_id=item, previous_item_id=self.last_item))
         self.last_item = item
         self._spawn(self._transcribe_commit(item, samples))
 
@@ -172,7 +174,7 @@ class RealtimeConnection(LiveSocket):
             self.position += self.run.fed
             self.run = None
         self.buffer, self.buffered = [], 0
-        await self._send({"type": "input_audio_buffer.cleared", "event_id": self.ids.event()})
+        await self._send(BufferCleared(event_id=self.ids.event()))
 
     HANDLERS = {"session.update": _session_update, "input_audio_buffer.append": _append,
                 "input_audio_buffer.commit": _commit, "input_audio_buffer.clear": _clear}
@@ -185,7 +187,8 @@ class RealtimeConnection(LiveSocket):
             result = await self.pipeline.transcribe(loaded, timestamps=False, vad=True,
                                                     model=self.session.model(self.catalog),
                                                     logprobs=self.session.logprobs)
-            await self._send(completed_event(self.ids.event(), item, result.text, loaded.duration, result.logprobs))
+            await self._send(TranscriptionCompleted.of(self.ids.event(), item, result.text, loaded.duration,
+                                                       result.logprobs))
         except ApiError as exc:
             await self._send(self._failed(item, exc))
 
@@ -204,10 +207,8 @@ class RealtimeConnection(LiveSocket):
             await run.cancel()
         self.position += run.fed
 
-    def _failed(self, item: str, error: ApiError) -> dict:
-        return {"type": "conversation.item.input_audio_transcription.failed", "event_id": self.ids.event(),
-                "item_id": item, "content_index": 0,
-                "error": {"type": error.type, "code": error.code, "message": error.message, "param": None}}
+    def _failed(self, item: str, error: ApiError) -> TranscriptionFailed:
+        return TranscriptionFailed.of(self.ids.event(), item, error)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -222,11 +223,11 @@ class RealtimeConnection(LiveSocket):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _send(self, event: dict) -> None:
+    async def _send(self, event: ServerEvent) -> None:
         async with self._send_lock:  # the receive loop and the runs' event tasks both send
-            await self.websocket.send_text(json.dumps(event))
+            await self.websocket.send_text(json.dumps(event.wire()))
 
-    async def _close_with(self, event: dict, code: int) -> None:
+    async def _close_with(self, event: ServerEvent, code: int) -> None:
         with contextlib.suppress(Exception):
             await self._send(event)
             await self.websocket.close(code)
@@ -319,32 +320,30 @@ class LiveRun:
             if not answered.done():
                 answered.set_result(None)
 
-    def _translate(self, event: LiveEvent) -> list[dict]:
+    def _translate(self, event: LiveEvent) -> list[ServerEvent]:
         connection, ids = self.connection, self.connection.ids
         if isinstance(event, NothingToFinalize):
             return []  # a commit with no turn open (see the module's docstring)
         if isinstance(event, SpeechStarted):
             self.items[event.id] = ids.item()
-            return [{"type": "input_audio_buffer.speech_started", "event_id": ids.event(),
-                     "item_id": self.items[event.id], "audio_start_ms": self._ms(event.start)}]
+            return [SpeechStartedEvent(event_id=ids.event(), item_id=self.items[event.id],
+                                       audio_start_ms=self._ms(event.start))]
         item = self.items[event.id]
         if isinstance(event, SpeechStopped):
             previous, connection.last_item = connection.last_item, item
-            return [{"type": "input_audio_buffer.speech_stopped", "event_id": ids.event(), "item_id": item,
-                     "audio_end_ms": self._ms(event.end)},
-                    {"type": "input_audio_buffer.committed", "event_id": ids.event(), "item_id": item,
-                     "previous_item_id": previous}]
+            return [SpeechStoppedEvent(event_id=ids.event(), item_id=item, audio_end_ms=self._ms(event.end)),
+                    BufferCommitted(event_id=ids.event(), item_id=item, previous_item_id=previous)]
         deltas = self.deltas.setdefault(event.id, TurnDeltas())
         out = self._delta(item, deltas.final(event.text) if isinstance(event, FinalEvent) else
                           deltas.partial(event.text))
         if isinstance(event, FinalEvent):
             del self.items[event.id], self.deltas[event.id]
-            out.append(completed_event(ids.event(), item, event.text, event.end - event.start, event.logprobs))
+            out.append(TranscriptionCompleted.of(ids.event(), item, event.text, event.end - event.start,
+                                                 event.logprobs))
         return out
 
-    def _delta(self, item: str, text: str) -> list[dict]:
-        return [{"type": "conversation.item.input_audio_transcription.delta", "event_id": self.connection.ids.event(),
-                 "item_id": item, "content_index": 0, "delta": text}] if text else []
+    def _delta(self, item: str, text: str) -> list[ServerEvent]:
+        return [TranscriptionDelta(event_id=self.connection.ids.event(), item_id=item, delta=text)] if text else []
 
     def _ms(self, seconds: float) -> int:
         return int(round((self.offset_s + seconds) * 1000))

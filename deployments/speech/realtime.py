@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .audio import pcm16_to_float
 from .catalog import Choice, ModelCatalog
 from .errors import ApiError, PayloadTooLarge, RealtimeError
-from .schemas import TokenLogprob
 from .settings import TurnRules, VadSettings
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
@@ -304,20 +303,3 @@ class TurnDeltas:
             return ""
         delta, self.sent = text[len(self.sent):], text
         return delta
-
-
-def error_event(event_id: str, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                param: str | None = None, client_event_id: str | None = None) -> dict:
-    return {"type": "error", "event_id": event_id,
-            "error": {"type": type_, "code": code, "message": message, "param": param,
-                      "event_id": client_event_id}}
-
-
-def completed_event(event_id: str, item_id: str, transcript: str, seconds: float,
-                    logprobs: list[TokenLogprob] | None) -> dict:
-    event = {"type": "conversation.item.input_audio_transcription.completed", "event_id": event_id,
-             "item_id": item_id, "content_index": 0, "transcript": transcript,
-             "usage": {"type": "duration", "seconds": round(seconds, 3)}}
-    if logprobs is not None:
-        event["logprobs"] = [p.model_dump() for p in logprobs]
-    return event

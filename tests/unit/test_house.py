@@ -75,3 +75,10 @@ def test_the_openapi_document_is_valid_and_describes_every_body():
     assert all(ok[kind]["schema"] == {"type": "string"} for kind in ("text/plain", "text/vtt", "text/event-stream"))
     assert {"ErrorResponse", "TranscriptionJson", "TranscriptionResult", "Word", "Segment"} <= set(
         document["components"]["schemas"])
+
+
+def test_realtime_server_events_are_typed():
+    """The Realtime connection sends pydantic events (speech/realtime_events.py), never hand-built dicts."""
+    connection = ROOT / "deployments" / "realtime_connection.py"
+    stray = lines_matching(r"""\{\s*["']type["']\s*:""", [connection], set())
+    assert not stray, "use a realtime_events model:\n" + "\n".join(stray)
