@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
@@ -164,8 +164,8 @@ class RealtimeConnection(LiveSocket):
         self.buffer, self.buffered = [], 0
         self.position += len(samples)
         item = self.ids.item()
-        await self._send(BufferCommitted(event_id=self.ids.event(), item_id=item, previous_item_id=self.last_item))
-        self.last_item = item
+        await self._send(BufferCommitted(event_id=self.ids.event(), item_id=item,
+                                         previous_item_id=self._next_item(item)))
         self._spawn(self._transcribe_commit(item, samples))
 
     async def _clear(self, event: dict) -> None:
@@ -190,12 +190,27 @@ class RealtimeConnection(LiveSocket):
             await self._send(TranscriptionCompleted.of(self.ids.event(), item, result.text, loaded.duration,
                                                        result.logprobs))
         except ApiError as exc:
-            await self._send(self._failed(item, exc))
+            await self._send(TranscriptionFailed.of(self.ids.event(), item, exc))
 
     def _live_run(self) -> "LiveRun":
+        """The run server-VAD audio goes to: a new one if there is none, or if the last one failed (its items got
+        ``.failed`` events)."""
+        if self.run is not None and self.run.task.done():
+            self.position += self.run.fed
+            self.run = None
         if self.run is None:
-            self.run = LiveRun(self, self.position)
+            session, settings = self.session, self.settings
+            self.run = LiveRun(lambda chunks: self.pipeline.live(
+                chunks, timestamps=False, partials=True, turns=True, model=session.model(self.catalog),
+                logprobs=session.logprobs, vad=session.vad_settings(settings.vad),
+                rules=session.turn_rules(settings.stream.turn_rules)),
+                self.ids, self._send, self._next_item, self.position)
         return self.run
+
+    def _next_item(self, item: str) -> str | None:
+        """``item`` is committed: the one committed before it (the ``previous_item_id`` clients chain on)."""
+        previous, self.last_item = self.last_item, item
+        return previous
 
     async def _end_run(self, flush: bool) -> None:
         if self.run is None:
@@ -206,9 +221,6 @@ class RealtimeConnection(LiveSocket):
         else:
             await run.cancel()
         self.position += run.fed
-
-    def _failed(self, item: str, error: ApiError) -> TranscriptionFailed:
-        return TranscriptionFailed.of(self.ids.event(), item, error)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -237,26 +249,24 @@ class LiveRun:
     """A stretch of a server_vad session's audio through the live pipeline; ends with a commit, a clear, a session
     change or the connection."""
 
-    def __init__(self, connection: RealtimeConnection, offset_samples: int):
-        self.connection = connection
+    def __init__(self, open_events: Callable[[AsyncIterator], AsyncIterator[LiveEvent]], ids: EventIds,
+                 send: Callable[[ServerEvent], Awaitable[None]], next_item: Callable[[str], Optional[str]],
+                 offset_samples: int):
+        """``open_events``: the live pipeline over an audio iterator; ``send``: the connection's ordered send;
+        ``next_item(item)``: records ``item`` as committed and returns the one committed before it."""
+        self.ids = ids
+        self.send = send
+        self.next_item = next_item
         self.offset_s = offset_samples / SAMPLE_RATE
         self.fed = 0
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=64)  # full: the receive loop waits (TCP backpressure)
         self.items: dict[int, str] = {}  # the live pipeline's utterance id -> this session's item id
         self.deltas: dict[int, TurnDeltas] = {}  # per utterance
         self.commits: collections.deque[asyncio.Future] = collections.deque()  # commits whose turn is not out yet
-        session = connection.session
-        settings = connection.settings
-        events = connection.pipeline.live(self._chunks(), timestamps=False, partials=True, turns=True,
-                                          model=session.model(connection.catalog),
-                                          logprobs=session.logprobs, vad=session.vad_settings(settings.vad),
-                                          rules=session.turn_rules(settings.stream.turn_rules))
-        self.task = asyncio.create_task(self._forward(events))
+        self.task = asyncio.create_task(self._forward(open_events(self._chunks())))
 
     async def feed(self, samples: np.ndarray) -> None:
-        if self.task.done():  # the run failed (its items got .failed events): start over
-            self.connection.run = None
-            await self.connection._live_run().feed(samples)
+        if self.task.done():  # failed: the connection starts another run for the next audio
             return
         self.fed += len(samples)
         await self.queue.put(samples)
@@ -294,21 +304,21 @@ class LiveRun:
             yield samples
 
     async def _forward(self, events: AsyncIterator[LiveEvent]) -> None:
-        connection = self.connection
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
                     for out in self._translate(event):
-                        await connection._send(out)
+                        await self.send(out)
                     if isinstance(event, NothingToFinalize) or isinstance(event, FinalEvent) and event.from_finalize:
                         self._answered()
         except ApiError as exc:
             for item in self.items.values():
-                await connection._send(connection._failed(item, exc))
+                await self.send(TranscriptionFailed.of(self.ids.event(), item, exc))
         except Exception:  # noqa: BLE001 - never show internals; the log has them
             log.exception("Realtime transcription failed")
             for item in self.items.values():
-                await connection._send(connection._failed(item, InternalError("Transcription failed.")))
+                await self.send(TranscriptionFailed.of(self.ids.event(), item,
+                                                       InternalError("Transcription failed.")))
         finally:
             while self.commits:
                 self._answered()
@@ -321,7 +331,7 @@ class LiveRun:
                 answered.set_result(None)
 
     def _translate(self, event: LiveEvent) -> list[ServerEvent]:
-        connection, ids = self.connection, self.connection.ids
+        ids = self.ids
         if isinstance(event, NothingToFinalize):
             return []  # a commit with no turn open (see the module's docstring)
         if isinstance(event, SpeechStarted):
@@ -330,9 +340,8 @@ class LiveRun:
                                        audio_start_ms=self._ms(event.start))]
         item = self.items[event.id]
         if isinstance(event, SpeechStopped):
-            previous, connection.last_item = connection.last_item, item
             return [SpeechStoppedEvent(event_id=ids.event(), item_id=item, audio_end_ms=self._ms(event.end)),
-                    BufferCommitted(event_id=ids.event(), item_id=item, previous_item_id=previous)]
+                    BufferCommitted(event_id=ids.event(), item_id=item, previous_item_id=self.next_item(item))]
         deltas = self.deltas.setdefault(event.id, TurnDeltas())
         out = self._delta(item, deltas.final(event.text) if isinstance(event, FinalEvent) else
                           deltas.partial(event.text))
@@ -343,7 +352,7 @@ class LiveRun:
         return out
 
     def _delta(self, item: str, text: str) -> list[ServerEvent]:
-        return [TranscriptionDelta(event_id=self.connection.ids.event(), item_id=item, delta=text)] if text else []
+        return [TranscriptionDelta(event_id=self.ids.event(), item_id=item, delta=text)] if text else []
 
     def _ms(self, seconds: float) -> int:
         return int(round((self.offset_s + seconds) * 1000))
