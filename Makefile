@@ -45,12 +45,12 @@ test: install
 # there builds $(VENV) from it with no index, and `make serve` runs as usual.
 WHEELHOUSE ?= wheelhouse
 wheelhouse: install
-	$(PY) -m deployments.wheelhouse build --out $(WHEELHOUSE) $(if $(WHEEL_PYTHON),--python $(WHEEL_PYTHON)) \
+	$(PY) -m tools.wheelhouse build --out $(WHEELHOUSE) $(if $(WHEEL_PYTHON),--python $(WHEEL_PYTHON)) \
 	  $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
 
 install-offline:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	PIP_NO_INDEX=1 $(PY) -m deployments.wheelhouse install $(WHEELHOUSE) --python $(PY)
+	PIP_NO_INDEX=1 $(PY) -m tools.wheelhouse install $(WHEELHOUSE) --python $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -82,3 +82,9 @@ def test_realtime_server_events_are_typed():
     connection = ROOT / "deployments" / "realtime_connection.py"
     stray = lines_matching(r"""\{\s*["']type["']\s*:""", [connection], set())
     assert not stray, "use a realtime_events model:\n" + "\n".join(stray)
+
+
+def test_the_shipped_package_imports_nothing_that_does_not_ship():
+    """`deployments` is what the package installs; bench/, tests/ and tools/ do not ship."""
+    stray = lines_matching(r"^\s*(from|import)\s+(bench|tests|tools)\b", SHIPPED, set())
+    assert not stray, "\n".join(stray)

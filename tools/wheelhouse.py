@@ -1,8 +1,8 @@
 """An offline install for machines without a package registry (air-gapped GPU nodes): the wheels the service
 needs to *serve*, for a chosen Python and platform, in one folder.
 
-    python -m deployments.wheelhouse build --out wheelhouse [--python 3.12 --platform manylinux_2_28_x86_64]
-    python -m deployments.wheelhouse trace          # maintainers: re-derive configs/serve-requirements.txt
+    python -m tools.wheelhouse build --out wheelhouse [--python 3.12 --platform manylinux_2_28_x86_64]
+    python -m tools.wheelhouse trace          # maintainers: re-derive configs/serve-requirements.txt
 
 (``make wheelhouse`` / ``make install-offline`` run these.) Lean by construction: ``configs/serve-requirements.txt``
 lists exactly the distributions that the serving path imports, found by ``trace``: it runs the service with an
@@ -209,7 +209,7 @@ def _exercise(url: str) -> None:
 
 
 def write_requirements(pins: list[str]) -> None:
-    header = ("# The distributions the serving path imports (python -m deployments.wheelhouse trace), installed\n"
+    header = ("# The distributions the serving path imports (python -m tools.wheelhouse trace), installed\n"
               "# without their declared dependencies by `make install-offline`; torch brings its own.\n")
     REQUIREMENTS.write_text(header + "\n".join(pins) + "\n")
 
