@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         served.shutdown()
     stereo_ms, mono_ms = (statistics.median(timings[k]) * 1000 for k in ("stereo", "one channel"))
-    report = {"command": "python -m bench.channels " + " ".join(argv or []), "model": args.model,
+    report = {"command": "python -m bench.channels " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
               "minutes": args.minutes, "rounds": args.rounds, "stereo_ms": round(stereo_ms),
               "one_channel_ms": round(mono_ms), "stereo_over_one_channel": round(stereo_ms / mono_ms, 3),
               "target": "<= 2.1", "audio_s": len(left) / SAMPLE_RATE}

@@ -21,6 +21,7 @@ import asyncio
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows.values():
         row["ratio_to_no_terms"] = round(row["audio_s_per_s"] / base, 3)
     added = round(rows["100 terms"]["p50_ms_concurrency_1"] - rows["0 terms"]["p50_ms_concurrency_1"], 1)
-    report = {"command": "python -m bench.keyterms " + " ".join(argv or []), "model": args.model,
+    report = {"command": "python -m bench.keyterms " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
               "file_s": seconds, "files": count, "clients": CLIENTS, "throughput": rows,
               "added_p50_ms_100_terms": added, "recall": gains,
               "targets": {"100 terms": ">= 0.95", "1000 terms": ">= 0.90", "added p50 ms": "<= 10"}}

@@ -29,6 +29,7 @@ import asyncio
 import json
 import random
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = model_path(args.model, Path("/tmp/parakeet-bench"))
     served = Served(path, 4, 15, {})
     default = StreamSettings().end_of_utterance_ms
-    report = {"name": args.name, "command": "python -m bench.turns " + " ".join(argv or []),
+    report = {"name": args.name, "command": "python -m bench.turns " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "default_pause_ms": default, "ttfs": []}
     many = 2 if args.quick else 5  # utterances per session when several sessions run

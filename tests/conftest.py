@@ -111,6 +111,15 @@ def digits_app(ray_cluster, digits_model):
     stop_app()
 
 
+@pytest.fixture(scope="session")
+def shipped_digits_app(ray_cluster, digits_model):
+    """serve_config.yaml's options exactly, with the digits model, beside the shared app: for the tests that kill
+    its replicas (recovery) or measure their memory (soak), one deployment for both."""
+    served = run_app(ray_cluster, name="shipped", route_prefix="/shipped", model=str(digits_model))
+    yield served
+    stop_app("shipped")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run where CUDA is present (the GPU path: CUDA graphs, bf16, NeMo's Triton biasing
     kernel); on a machine without one they are skipped, saying so (CPU CI has none by design)."""

@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
 from tests.load import LoadOutcome, send_until, with_transcripts
 
@@ -19,10 +18,8 @@ CLIENTS = 4
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, digits_model):
-    served = run_app(ray_cluster, name="recovery", route_prefix="/recovery", model=str(digits_model))
-    yield served
-    stop_app("recovery")
+def app(shipped_digits_app):
+    return shipped_digits_app
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import pytest
 
 from deployments.speech.audio import float_to_pcm16
 from deployments.stream_client import realtime_pcm, stream_pcm
-from tests.conftest import run_app, stop_app
 from tests.helpers import SAMPLE_RATE, encode, normalise, phrase_recording, random_phrases
 
 pytestmark = pytest.mark.integration
@@ -28,10 +27,8 @@ KINDS = ("json", "text", "verbose_json", "srt", "vtt", "sse", "legacy", "handle"
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, digits_model):
-    served = run_app(ray_cluster, name="soak", route_prefix="/soak", model=str(digits_model))
-    yield served
-    stop_app("soak")
+def app(shipped_digits_app):
+    return shipped_digits_app
 
 
 def replica_rss_mb(app_name: str) -> dict[str, float]:
@@ -96,15 +93,15 @@ def test_mixed_traffic_soak(app):
     # warm-up with the same mix, until the allocators' pools have seen every kind and length
     asyncio.run(run([(KINDS[i % len(KINDS)], recordings[i % len(recordings)]) for i in range(WARM_UP)]))
     time.sleep(1)
-    rss_before, tasks_before = replica_rss_mb("soak"), ingress.stream_stats.remote().result()["tasks"]
+    rss_before, tasks_before = replica_rss_mb(app.name), ingress.stream_stats.remote().result()["tasks"]
     started = time.perf_counter()
     results, curve = [], []
     for quarter in range(4):  # RSS after each quarter: a plateau, not a slope
         results += asyncio.run(run(work[quarter * REQUESTS // 4:(quarter + 1) * REQUESTS // 4]))
-        curve.append({name: round(mb) for name, mb in replica_rss_mb("soak").items()})
+        curve.append({name: round(mb) for name, mb in replica_rss_mb(app.name).items()})
     elapsed = time.perf_counter() - started
     time.sleep(1)
-    rss_after, stats = replica_rss_mb("soak"), ingress.stream_stats.remote().result()
+    rss_after, stats = replica_rss_mb(app.name), ingress.stream_stats.remote().result()
     growth = {name: round(rss_after[name] / rss_before[name] - 1, 4) for name in rss_before if name in rss_after}
     wrong = [(kind, truth, got) for kind, truth, got in results if got != truth]
     print(f"soak: {len(results)} requests in {elapsed:.0f} s after {WARM_UP} to warm up; wrong {len(wrong)}; RSS "
