@@ -39,10 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     application = config_application(config)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     # a Ray of its own ("local"), even when another runs on this machine: Ctrl-C stops this one only
     ray.init(address="local", _metrics_export_port=args.metrics_port, namespace="serve", log_to_driver=True)
+    # after ray.init: Ray's core worker installs its own SIGTERM handler, which aborts the process (exit 134,
+    # nothing shut down); these replace it, so SIGTERM stops the service as Ctrl-C does
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(proxy_location=config.get("proxy_location", "EveryNode"),
                     http_options=config.get("http_options", {}))

@@ -38,7 +38,9 @@ def replica_rss_mb(app_name: str) -> dict[str, float]:
     for proc in psutil.process_iter(["cmdline", "memory_info"]):
         title = " ".join(proc.info["cmdline"] or [])
         if f"ServeReplica:{app_name}:" in title and proc.info["memory_info"]:
-            out[title.split(f"ServeReplica:{app_name}:")[1].split()[0]] = proc.info["memory_info"].rss / 2**20
+            # the title names the task running now ("Transcriber.handle_request"): keyed by deployment and process
+            deployment = title.split(f"ServeReplica:{app_name}:")[1].split()[0].split(".")[0]
+            out[f"{deployment}:{proc.pid}"] = proc.info["memory_info"].rss / 2**20
     return out
 
 
@@ -111,6 +113,8 @@ def test_mixed_traffic_soak(app):
     # the digits model is not perfect on every voice: a result must be its own recording's, never another's
     assert len(wrong) <= REQUESTS * 0.02, wrong[:5]
     assert all(got not in {r.text for r in recordings} - {truth} for _, truth, got in wrong), "a mixed-up result"
+    assert {"Ingress", "Transcriber"} <= {name.split(":")[0] for name in growth}, \
+        f"the replicas' memory was measured before and after: {rss_before} -> {rss_after}"
     # the full soak holds +5 %; CI's reduced run is short enough for the allocators' noise to reach ~4-6 %
     assert all(g <= (0.05 if REQUESTS >= 1000 else 0.10) for g in growth.values()), growth
     if REQUESTS >= 1000:  # no slope: the second half adds at most 2 % (a leak keeps growing; pools settle)
