@@ -158,7 +158,8 @@ def test_make_serve_stops_at_once_on_a_model_that_cannot_be_had(tmp_path):
 
 
 def test_a_missing_config_file_or_wheelhouse_is_one_clear_line(tmp_path):
-    from deployments import preflight, wheelhouse
+    from deployments import preflight
+    from tools import wheelhouse
 
     with pytest.raises(SystemExit, match="No config file .*missing.yaml"):
         preflight.main([str(tmp_path / "missing.yaml")])
