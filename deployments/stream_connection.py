@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import AsyncIterator, Callable
 
@@ -153,8 +154,9 @@ class StreamConnection(LiveSocket):
                 keyterms = KEEP
                 if command.keyterms is not None:
                     try:
-                        keyterms = (await self.pipeline.checked(self.catalog.choose(
-                            choice.model.id, None, command.keyterms, command.keyterms_boost))).keyterms
+                        asked = self.catalog.keyterms(command.keyterms, command.keyterms_boost)
+                        await self.pipeline.checked(dataclasses.replace(choice, keyterms=asked))
+                        keyterms = asked
                     except ApiError as exc:  # the stream goes on with what it had
                         await self._send(event_dict(StreamError(
                             message=f"Invalid configure: {exc.message} The stream goes on unchanged.", code=exc.code,

@@ -120,14 +120,21 @@ def shipped_digits_app(ray_cluster, digits_model):
     stop_app("shipped")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run where CUDA is present (the GPU path: CUDA graphs, bf16, NeMo's Triton biasing
-    kernel); on a machine without one they are skipped, saying so (CPU CI has none by design)."""
-    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu_tests:
-        return
+def _cuda() -> bool:
     import torch
 
-    if not torch.cuda.is_available():
-        for item in gpu_tests:
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (the gpu marker: run where one is present)"))
+    return torch.cuda.is_available()
+
+
+def pytest_report_header(config) -> str:
+    return "gpu tests (the GPU path): " + ("run, CUDA is present" if _cuda() else "deselected, no CUDA here")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` (the GPU path: CUDA graphs, bf16, NeMo's Triton biasing kernel) belong to machines with
+    CUDA: elsewhere they are deselected, as the header says, not skipped (CPU CI has no GPU by design, and a skip
+    there would read as a test that could not set up)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests and not _cuda():
+        config.hook.pytest_deselected(items=gpu_tests)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

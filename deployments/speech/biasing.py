@@ -4,10 +4,10 @@ The label-looping TDT/RNNT decoder can hold many boosting trees at once (``GPUBi
 batch item (``multi_biasing_ids``; -1: none). This module owns one model's trees: each term set's tree is built
 once from the model's tokenizer and kept (least recently used dropped past ``trees_per_model``).
 
-Batches without keyterms never touch it: they run the recognizer's ordinary decoding, so their output and speed are
-exactly what they were. A batch with keyterms runs a second decoding object over the same decoder and joint
-networks with per-item biasing on; an item without keyterms in such a batch gets id -1, whose scores are the plain
-decoder's (a test holds that a batch-mate's output is identical with and without a boosted neighbour).
+Items without keyterms never touch it: the recognizer decodes them with the model's ordinary decoding (apart from
+their boosted batch-mates, after the shared encoder pass), so their output and speed are what they were. Items with
+keyterms are decoded by a second decoding object over the same decoder and joint networks, with per-item biasing
+on (a test holds that a batch-mate's text is identical with and without a boosted neighbour).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import logging
 from typing import Sequence
 
@@ -105,9 +106,9 @@ class KeytermBiasing:
 
         in_use = {k for k in keyterms if k is not None}
         return [None if k is None else
-                _BiasedStart(y_sequence=[], score=0.0,
-                             biasing_cfg=BiasingRequestItemConfig(multi_model_id=self._tree_id(k, in_use),
-                                                                  auto_manage_multi_model=False))
+                _biased_start_class()(y_sequence=[], score=0.0,
+                                      biasing_cfg=BiasingRequestItemConfig(multi_model_id=self._tree_id(k, in_use),
+                                                                           auto_manage_multi_model=False))
                 for k in keyterms]
 
     def _tree_id(self, keyterms: Keyterms, in_use: set[Keyterms]) -> int:
@@ -133,7 +134,9 @@ class KeytermBiasing:
         return tree_id
 
 
+@functools.cache
 def _biased_start_class():
+    """(Built at first use: the Ray-free core imports this module without NeMo.)"""
     from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
     class BiasedStart(Hypothesis):
@@ -149,17 +152,3 @@ def _biased_start_class():
             return self
 
     return BiasedStart
-
-
-class _LazyBiasedStart:
-    """NeMo is imported only where keyterms are used (the Ray-free core imports this module without it)."""
-
-    _cls = None
-
-    def __call__(self, **fields):
-        if _LazyBiasedStart._cls is None:
-            _LazyBiasedStart._cls = _biased_start_class()
-        return _LazyBiasedStart._cls(**fields)
-
-
-_BiasedStart = _LazyBiasedStart()

@@ -53,7 +53,7 @@ class ModelCatalog:
         not say which) and the keyterms, within their limits (whether the model can spell them is the
         Transcriber's to say: ``TranscriptionPipeline.checked``)."""
         spec = self.resolve(model)
-        boosted = parse_keyterms(keyterms, keyterms_boost, self.keyterm_limits)
+        boosted = self.keyterms(keyterms, keyterms_boost)
         asked = (language or "").strip().lower()
         if not asked:
             return Choice(spec, spec.languages[0] if len(spec.languages) == 1 else MULTILINGUAL, boosted)
@@ -62,6 +62,10 @@ class ModelCatalog:
             raise InvalidRequest(f"language {language!r} is not supported by {spec.id}; it transcribes: "
                                  f"{', '.join(spec.languages)}.", code="unsupported_language")
         return Choice(spec, code, boosted)
+
+    def keyterms(self, terms: Iterable[str] | None, boost: float | str | None) -> Keyterms | None:
+        """Terms within this service's limits (``keyterms.*``); ``None`` for none."""
+        return parse_keyterms(terms, boost, self.keyterm_limits)
 
     def listing(self) -> dict:
         """``GET /v1/models`` (OpenAI's list format)."""

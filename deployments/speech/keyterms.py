@@ -19,9 +19,6 @@ class Keyterms:
     terms: tuple[str, ...]  # each stripped, inner whitespace single, duplicates dropped (first kept)
     boost: float
 
-    def __len__(self) -> int:
-        return len(self.terms)
-
 
 def parse_keyterms(terms: Iterable[str] | None, boost: float | str | None, settings: KeytermSettings
                    ) -> Keyterms | None:

@@ -1,5 +1,5 @@
 """The GPU path, where CUDA is present (marker ``gpu``): bf16, CUDA graphs in the greedy decoder, keyterms with
-NeMo's biasing on the GPU. Elsewhere these are skipped (tests/conftest.py)."""
+NeMo's biasing on the GPU. Elsewhere they are deselected (tests/conftest.py; the session header says so)."""
 
 from __future__ import annotations
 
