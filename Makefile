@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 export PIP_CACHE_DIR ?= $(CURDIR)/$(VENV)/.pip-cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install serve test test-model bench bench-quick wheelhouse install-offline clean
+.PHONY: install serve test lint test-model bench bench-quick wheelhouse install-offline clean
 
 install: $(STAMP)
 
@@ -36,8 +36,12 @@ $(STAMP): pyproject.toml
 serve: install
 	$(PY) -m deployments.launch serve_config.yaml --metrics-port $(METRICS_PORT)
 
-test: install
+test: install lint
 	$(PY) -m pytest -v
+
+# pyflakes and pycodestyle's errors (pyproject's [tool.ruff.lint]) over everything the repository holds
+lint: install
+	$(PY) -m ruff check deployments tests bench tools
 
 # An offline install for machines without a registry: `make wheelhouse` (where there is one) collects the wheels the
 # service needs to serve into WHEELHOUSE, for WHEEL_PYTHON / WHEEL_PLATFORM (default: this machine's; e.g.

@@ -10,7 +10,6 @@ and .md. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, synthetic_speech
-from bench.run import RESULTS, Served, model_path
+from bench.run import Served, model_path, save_report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,15 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
               "one_channel_ms": round(mono_ms), "stereo_over_one_channel": round(stereo_ms / mono_ms, 3),
               "target": "<= 2.1", "audio_s": len(left) / SAMPLE_RATE}
     name = f"multichannel-{Path(args.model).stem}-cpu"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(
+    save_report(name, report,
         f"# Multichannel: {args.minutes:g}-minute stereo file, speech on both channels\n\n`{report['command']}`\n\n"
         "| request | p50 ms |\n|---|---|\n"
         f"| stereo, multichannel=true (verbose_json, words) | {report['stereo_ms']} |\n"
         f"| its first channel alone, mono | {report['one_channel_ms']} |\n\n"
         f"Ratio: {report['stereo_over_one_channel']} (target <= 2.1).\n")
-    print(json.dumps(report, indent=2))
     return report
 
 

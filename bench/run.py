@@ -28,6 +28,14 @@ import numpy as np
 from bench.audio import SAMPLE_RATE, encode, free_port, load_user_audio, synthetic_speech
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def save_report(name: str, report: dict, markdown: str) -> None:
+    """``bench/results/<name>.json`` (the figures) and ``.md`` (the table), and the figures on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(json.dumps(report, indent=2))
 CONFIGS = {
     "vad_ts": {"label": "VAD + timestamps", "vad": True, "timestamps": True},
     "vad": {"label": "VAD, no timestamps", "vad": True, "timestamps": False},

@@ -92,9 +92,9 @@ class GraphBackends:
             stream.cancel()
 
     def transcribe(self, audio_ref: ray.ObjectRef, start: int, end: int, model: str,
-                   keyterms: Keyterms | None = None) -> SegmentCall:
+                   keyterms: Keyterms | None = None, priority: str = "file") -> SegmentCall:
         return SegmentCall(lambda: self._transcriber(model).transcribe.remote(audio_ref, start, end,
-                                                                               keyterms=keyterms))
+                                                                               priority=priority, keyterms=keyterms))
 
     async def collect(self, call: SegmentCall) -> SegmentTokens:
         return await call.result()

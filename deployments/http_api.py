@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Callable, TypeVar
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.speech import formats
 from deployments.speech.errors import ApiError, InternalError, InvalidRequest, PayloadTooLarge
+from deployments.speech.jobs import JobDeleted, JobList, JobOptions, JobView
 from deployments.speech.protocol import ErrorInfo, ErrorResponse, OpenAIRequest, TranscriptionJson
 from deployments.speech.schemas import TranscriptionResult
-from deployments.speech.uploads import UploadForm, read_form
+from deployments.speech.uploads import MAX_FIELD_BYTES, UploadForm, read_form
 
 log = logging.getLogger("ray.serve")
 Options = TypeVar("Options")
@@ -27,7 +30,8 @@ DEMO_PAGE = (Path(__file__).parent / "demo.html").read_text(encoding="utf-8")  #
 # Each body's schema is defined once, in components (TranscriptionResult is verbose_json's, ErrorResponse every
 # error's), and referenced from each response.
 _, _DEFINITIONS = models_json_schema([(m, "validation") for m in (ErrorResponse, TranscriptionJson,
-                                                                     TranscriptionResult)],
+                                                                     TranscriptionResult, JobView, JobList,
+                                                                     JobDeleted)],
                                      ref_template="#/components/schemas/{model}")
 COMPONENTS = _DEFINITIONS["$defs"]
 
@@ -39,8 +43,9 @@ def component(name: str) -> dict:
 _ERROR = {"content": {"application/json": {"schema": component("ErrorResponse")}}}
 ERROR_RESPONSES = {status: {"description": description, **_ERROR} for status, description in [
     (400, "a bad parameter, missing file, empty or too short audio"), (401, "missing or wrong API key"),
-    (404, "unknown model"), (413, "upload or audio too large"), (415, "not decodable as audio"),
+    (404, "unknown model (or job)"), (413, "upload or audio too large"), (415, "not decodable as audio"),
     (429, "over the admission limits (Retry-After)"), (503, "overloaded, a replica failed, or too slow (Retry-After)")]}
+CONFLICT = {409: {"description": "the job has not completed", **_ERROR}}
 _TEXT = {"type": "string"}
 _BOOLEAN = {"type": "string", "enum": ["true", "false"]}
 _KEYTERMS = {"keyterms": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 50},
@@ -74,6 +79,27 @@ OPENAI_RESPONSES = {200: {"description": "the transcript in the response_format 
     "application/json": {"schema": {"anyOf": [component("TranscriptionJson"), component("TranscriptionResult")]}},
     "text/plain": _TEXT_BODY, "text/vtt": _TEXT_BODY, "application/x-subrip": _TEXT_BODY,
     "text/event-stream": _TEXT_BODY}}, **ERROR_RESPONSES}
+
+
+_JOB_FIELDS = {"url": {"type": "string", "format": "uri", "description": "fetch the audio from here instead "
+                                                                        "(under jobs.url_prefixes)"},
+               "webhook_url": {"type": "string", "format": "uri", "description": "POSTed a Standard Webhooks-signed "
+                                                                                 "event when the job finishes"}}
+_JOB_FORM = form_body({**OPENAI_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"],
+                       **_JOB_FIELDS})
+_JOB_FORM["requestBody"]["content"]["multipart/form-data"]["schema"].pop("required")  # file, or url
+_JOB_FORM["requestBody"]["content"]["application/json"] = {"schema": {
+    "type": "object", "required": ["url"], "properties": {
+        **{k: v for k, v in _JOB_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"].items()
+           if k != "file"}}}}
+_JOB_FORM["requestBody"]["content"]["application/x-www-form-urlencoded"] = _JOB_FORM["requestBody"]["content"][
+    "application/json"]
+JOB_FORM = _JOB_FORM
+
+
+def json_responses(model: str, status: int = 200, description: str = "") -> dict:
+    return {status: {"description": description or model,
+                     "content": {"application/json": {"schema": component(model)}}}, **ERROR_RESPONSES}
 
 
 def install_openapi_components(api: FastAPI) -> None:
@@ -141,6 +167,33 @@ async def read_body(request: Request, max_upload_bytes: int) -> bytes:
                                   code="file_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_job_submit(request: Request, max_upload_bytes: int) -> tuple[JobOptions, bytes | None]:
+    """A job's submit: the same multipart form as /v1/audio/transcriptions (the file optional when a ``url`` is
+    given), or the same fields with a ``url`` as a JSON object or a urlencoded form."""
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip()
+    if content_type not in ("application/json", "application/x-www-form-urlencoded"):
+        form = await read_form(request.headers.get("content-type"), request.headers.get("content-length"),
+                               request.stream(), max_upload_bytes)
+        return JobOptions.from_form(form), form.file
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FIELD_BYTES:
+            raise InvalidRequest(f"A job's {content_type} body must be under {MAX_FIELD_BYTES} bytes; upload the "
+                                 "audio as multipart/form-data.", code="field_too_large")
+    if content_type == "application/x-www-form-urlencoded":
+        return JobOptions.from_form(UploadForm(fields=parse_qs(body.decode("utf-8", "replace")))), None
+    try:
+        fields = json.loads(body)
+        assert isinstance(fields, dict)
+    except (ValueError, AssertionError):
+        raise InvalidRequest("The body must be a JSON object of the job's fields.", code="invalid_json") from None
+    return JobOptions.from_form(UploadForm(fields={
+        name: [str(v).lower() if isinstance(v, bool) else str(v) for v in (value if isinstance(value, list) else
+                                                                            [value])]
+        for name, value in fields.items() if value is not None})), None
 
 
 def openai_response(result: TranscriptionResult, options: OpenAIRequest) -> Response:

@@ -8,7 +8,9 @@ What a request goes through lives in ``deployments.speech.pipeline`` (Ray-free),
 # ingress wrapper)
 import asyncio
 import contextlib
-from typing import AsyncIterator, NamedTuple
+import os
+import socket
+from typing import AsyncIterator, NamedTuple, Optional
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -18,15 +20,17 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends
-from deployments.http_api import (DEMO_PAGE, ERROR_RESPONSES, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
+from deployments.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
                                   OPENAI_RESPONSES, install_error_handlers, install_openapi_components,
-                                  openai_response, read_body, read_upload)
+                                  json_responses, openai_response, read_body, read_job_submit, read_upload)
 from deployments.listen_connection import ListenConnection
 from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.realtime_connection import RealtimeConnection
 from deployments.speech import deepgram, formats
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.admission import Admission, Ticket
+from deployments.speech.job_runner import Jobs
+from deployments.speech.jobs import JOB_PATH, JobOptions
 from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPipeline
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
 from deployments.speech.schemas import TranscriptionResult
@@ -70,6 +74,18 @@ class Ingress:
         self.slots = StreamSlots(settings.stream.max_streams, on_change=self.metrics.active_streams)
         self.admission = Admission(settings.admission)
         configure_access(settings.api_key.get_secret_value() if settings.api_key else None, settings.cors_origins)
+        self.jobs = Jobs(self.pipeline, self.catalog, settings, owner=f"{socket.gethostname()}:{os.getpid()}")
+        self._job_loop: asyncio.Task | None = None
+        self._run_jobs()
+
+    def _run_jobs(self) -> None:
+        """The replica's job loop (started with the replica; restarted by the health check should it ever end)."""
+        if self._job_loop is None or self._job_loop.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (outside a replica)
+                self._job_loop = asyncio.get_running_loop().create_task(self.jobs.run_forever())
+
+    async def check_health(self) -> None:
+        self._run_jobs()
 
     @contextlib.asynccontextmanager
     async def _request(self, route: str) -> AsyncIterator[Admitted]:
@@ -126,6 +142,31 @@ class Ingress:
         """Open streams, admitted requests and live asyncio tasks on this replica (operators; leak checks)."""
         return {"active_streams": self.slots.active, "tasks": len(asyncio.all_tasks()),
                 "requests": self.admission.requests, "audio_s": self.admission.audio_s, "shed": self.admission.shed}
+
+    async def submit_job(self, audio: Optional[bytes] = None, url: Optional[str] = None,
+                         webhook_url: Optional[str] = None, **options) -> dict:
+        """A transcription job (``/v1/audio/transcriptions/jobs``): encoded ``audio`` bytes or a ``url``;
+        ``options`` are ``JobOptions``' fields (``response_format``, ``model``, ``keyterms`` ...). Returns the
+        job's status; follow it with ``job``, ``job_result``, ``delete_job``, ``list_jobs``."""
+        async with self._request("jobs"):
+            job = JobOptions(url=url, webhook_url=webhook_url, **options)
+            return (await self.jobs.submit(job, bytes(audio) if audio is not None else None)).view().model_dump()
+
+    async def job(self, job_id: str) -> dict:
+        return self.jobs.get(job_id).view().model_dump()
+
+    async def job_result(self, job_id: str, response_format: Optional[str] = None):
+        """The finished transcript: a ``TranscriptionResult`` (or, with ``response_format``, that format's body)."""
+        if response_format is None:
+            return self.jobs.result(job_id)[1]
+        options, result = self.jobs.result_as(job_id, response_format)
+        return formats.render(result, options.response_format, options.granularities)
+
+    async def delete_job(self, job_id: str) -> dict:
+        return self.jobs.delete(job_id).model_dump()
+
+    async def list_jobs(self, limit: int = 20, after: Optional[str] = None) -> dict:
+        return self.jobs.page(limit, after).model_dump()
 
     # ---------------------------------------------------------------- live streams
 
@@ -193,6 +234,36 @@ class Ingress:
             result = await self.pipeline.transcribe(loaded, timestamps=options.include_timestamps,
                                                     vad=options.should_chunk, model=choice)
             return JSONResponse(formats.legacy(result, options.include_timestamps))
+
+    @api.post(JOB_PATH, status_code=202, summary="Submit a transcription job (answered at once; poll it or get a "
+              "webhook)", openapi_extra=JOB_FORM, responses=json_responses("JobView", 202, "the job, queued"))
+    async def submit_job_http(self, request: Request) -> JSONResponse:
+        async with self._request("jobs"):
+            options, data = await read_job_submit(request, self.settings.limits.max_upload_bytes)
+            record = await self.jobs.submit(options, data)
+            return JSONResponse(record.view().model_dump(), status_code=202,
+                                headers={"Location": f"{JOB_PATH}/{record.id}"})
+
+    @api.get(JOB_PATH, summary="Jobs, newest first", responses=json_responses("JobList"))
+    async def list_jobs_http(self, limit: int = 20, after: Optional[str] = None) -> JSONResponse:
+        return JSONResponse(self.jobs.page(limit, after).model_dump())
+
+    @api.get(JOB_PATH + "/{job_id}", summary="A job's status and progress", responses=json_responses("JobView"))
+    async def job_http(self, job_id: str) -> JSONResponse:
+        return JSONResponse(self.jobs.get(job_id).view().model_dump())
+
+    @api.get(JOB_PATH + "/{job_id}/result", summary="A completed job's transcript, in any response_format",
+             responses={**OPENAI_RESPONSES, **CONFLICT})
+    async def job_result_http(self, job_id: str, request: Request) -> Response:
+        asked = request.query_params
+        granularities = asked.getlist("timestamp_granularities[]") or asked.getlist("timestamp_granularities")
+        options, result = self.jobs.result_as(job_id, asked.get("response_format"), granularities)
+        return openai_response(result, options)
+
+    @api.delete(JOB_PATH + "/{job_id}", summary="Cancel an unfinished job; delete a finished one",
+                responses=json_responses("JobDeleted"))
+    async def delete_job_http(self, job_id: str) -> JSONResponse:
+        return JSONResponse(self.jobs.delete(job_id).model_dump())
 
     @api.get("/demo", summary="A browser demo: a file with its words highlighted as it plays, the microphone live",
              response_class=HTMLResponse)

@@ -82,6 +82,7 @@ class Transcriber:
         self.evictions = 0
         self.batches = 0  # Serve batches (they may hold several models' segments)
         self.items = 0
+        self.items_by_priority = {priority: 0 for priority in PRIORITIES}  # segments transcribed, by kind of work
         self.batch_sizes: dict[int, int] = {}
         self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
@@ -194,6 +195,7 @@ class Transcriber:
             self._stages.observe("queue", now - arrival.at)
         self.batches += 1
         self.items += len(segments)
+        self.items_by_priority[priority] += len(segments)
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
         results: list[SegmentTokens | ItemFailure | None] = [None] * len(segments)
         for model_id in dict.fromkeys(model_ids):
@@ -240,7 +242,8 @@ class Transcriber:
 
     def stats(self) -> dict:
         """Batching and model counters for tests and operators (per replica)."""
-        stats = {"batches": self.batches, "items": self.items, "batch_sizes": dict(self.batch_sizes),
+        stats = {"batches": self.batches, "items": self.items, "items_by_priority": dict(self.items_by_priority),
+                 "batch_sizes": dict(self.batch_sizes),
                  "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
                  "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),

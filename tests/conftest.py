@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ def run_app(ray_cluster: str, deployment_options: dict | None = None, name: str 
 
     from deployments.app import compose_app
 
+    # each app's jobs in a folder of its own, never in the user's ~/.cache
+    args.setdefault("jobs", {}).setdefault("storage", tempfile.mkdtemp(prefix=f"parakeet-jobs-{name}-"))
     serve.run(compose_app(args, deployment_options), name=name, route_prefix=route_prefix, blocking=False)
     return ServedApp(url=ray_cluster + route_prefix.rstrip("/"), name=name)
 

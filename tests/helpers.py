@@ -57,3 +57,13 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"CI=true and this test cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def kill_one_replica(app_name: str, deployment: str) -> None:
+    """Kill one replica of ``deployment`` in the app (as a crash would: no restart of that actor; Serve replaces it)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if f"{app_name}#{deployment}#" in a["name"]]
+    assert names, f"no {deployment} replica found"
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)

@@ -29,6 +29,13 @@ class NotFound(ApiError):
     type = "invalid_request_error"
 
 
+class Conflict(ApiError):
+    """The resource is not in a state that allows this (a job's result before the job completed)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"

@@ -21,22 +21,26 @@ Call = TypeVar("Call", bound=Cancellable)
 async def transcribe_as_found(found: AsyncIterator[list[SpeechSegment]], issue: Callable[[SpeechSegment], Call],
                               collect: Callable[[Call], Awaitable[SegmentTokens]],
                               on_text: Callable[[str], Awaitable[None]] | None = None,
-                              ) -> tuple[list[SpeechSegment], list[SegmentTokens]]:
+                              max_in_flight: int | None = None) -> tuple[list[SpeechSegment], list[SegmentTokens]]:
     """Segments and their tokens, in order.
 
     ``issue(segment)`` starts one transcription without waiting for it (a batched model call) the moment the
     segment arrives from ``found``; ``collect(call)`` awaits its result. So the model works on the first segments
     while VAD is still reading the file, and ``on_text`` gets each segment's text in order as soon as it (and
     every segment before it) is done. If anything fails or the caller is cancelled, VAD and every issued call are
-    cancelled too.
+    cancelled too. With ``max_in_flight``, at most that many calls are issued and not yet collected (background
+    work that must not flood the model's queue); VAD waits meanwhile.
     """
     issued: asyncio.Queue = asyncio.Queue()  # (segment, call) in order; None once VAD is done
     calls: list[Call] = []
+    in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     async def fan_out() -> None:
         try:
             async for batch in found:
                 for segment in batch:
+                    if in_flight is not None:
+                        await in_flight.acquire()
                     calls.append(issue(segment))
                     issued.put_nowait((segment, calls[-1]))
         finally:
@@ -55,6 +59,8 @@ async def transcribe_as_found(found: AsyncIterator[list[SpeechSegment]], issue: 
                 result.cancel()
                 raise producer.exception()
             tokens.append(await result)
+            if in_flight is not None:
+                in_flight.release()
             if on_text is not None and tokens[-1].text:
                 await on_text(tokens[-1].text)
         await producer  # a VAD failure surfaces here

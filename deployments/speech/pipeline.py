@@ -43,10 +43,10 @@ class Backends(Protocol):
     def segments(self, audio_ref: Any) -> AsyncIterator[list[SpeechSegment]]:
         """Speech segments in order, as VAD finds them."""
 
-    def transcribe(self, audio_ref: Any, start: int, end: int, model: str, keyterms: Keyterms | None = None
-                   ) -> Cancellable:
-        """Start one segment's transcription by ``model`` (a batched model call, boosting ``keyterms``) without
-        waiting for it."""
+    def transcribe(self, audio_ref: Any, start: int, end: int, model: str, keyterms: Keyterms | None = None,
+                   priority: str = "file") -> Cancellable:
+        """Start one segment's transcription by ``model`` (a batched model call, boosting ``keyterms``; ``file`` or
+        ``job`` work) without waiting for it."""
 
     async def collect(self, call: Cancellable) -> SegmentTokens: ...
 
@@ -61,6 +61,60 @@ class Backends(Protocol):
                     ) -> tuple[list[Word], list[Segment]]: ...
 
     async def vad_step(self, state: LiveVadState, samples: np.ndarray, last: bool) -> LiveVadStep: ...
+
+
+class SegmentStore(Protocol):
+    """A job's finished segments (``speech/job_runner.py``): a segment kept by an earlier run is not transcribed
+    again, a new one is kept the moment its tokens arrive."""
+
+    in_flight: int  # the job's segments at the Transcribers at once
+
+    def known(self, key: str) -> SegmentTokens | None: ...
+
+    def keep(self, key: str, tokens: SegmentTokens) -> None: ...
+
+    def check(self) -> None:
+        """Raises when the job must stop (cancelled, or its claim lost) before another segment is sent."""
+
+    def done_through(self, channel: int, seconds: float) -> None:
+        """The channel is transcribed up to ``seconds`` (progress)."""
+
+
+class _StoredCall:
+    """A job's segment that an earlier run already transcribed."""
+
+    def __init__(self, tokens: SegmentTokens, segment: SpeechSegment):
+        self.tokens = tokens
+        self.segment = segment
+
+    def cancel(self) -> None:
+        pass
+
+    async def result(self) -> SegmentTokens:
+        return self.tokens
+
+
+class _KeptCall:
+    """A job's segment at the model: its tokens are kept as soon as they arrive, whatever order they are collected
+    in (so a replica that dies next loses none of the finished work)."""
+
+    def __init__(self, backends: "Backends", call: Cancellable, segment: SpeechSegment,
+                 keep: Callable[[SegmentTokens], None]):
+        self.call = call
+        self.segment = segment
+        self.task = asyncio.ensure_future(self._kept(backends, keep))
+
+    async def _kept(self, backends: "Backends", keep: Callable[[SegmentTokens], None]) -> SegmentTokens:
+        tokens = await backends.collect(self.call)
+        keep(tokens)
+        return tokens
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self.task.cancel()
+
+    async def result(self) -> SegmentTokens:
+        return await self.task
 
 
 @dataclass
@@ -99,11 +153,16 @@ class TranscriptionPipeline:
         return choice
 
     async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, model: Choice,
-                         logprobs: bool = False, on_text: OnText | None = None) -> TranscriptionResult:
+                         logprobs: bool = False, on_text: OnText | None = None, job: SegmentStore | None = None
+                         ) -> TranscriptionResult:
         """The graph for one request, within ``request_timeout_s``. ``on_text`` receives each segment's text (and
         its channel, for multichannel audio), in order, as soon as it is ready; ``logprobs`` adds each token's
         log-probability (from the same pass). Audio of shape (channels, samples) is transcribed channel by channel
-        (their segments share the Transcriber's batches) and merged on one timeline."""
+        (their segments share the Transcriber's batches) and merged on one timeline. A ``job``'s segments run as
+        background work (behind live and file segments, ``job.in_flight`` at a time, no time bound), and those it
+        already holds are not sent again."""
+        if job is not None:
+            return await self._transcribe(audio, timestamps, vad, model, logprobs, on_text, job)
         try:
             return await asyncio.wait_for(self._transcribe(audio, timestamps, vad, model, logprobs, on_text),
                                           self.settings.request_timeout_s)
@@ -112,10 +171,10 @@ class TranscriptionPipeline:
                              code="timeout") from None
 
     async def _transcribe(self, audio: LoadedAudio, timestamps: bool, vad: bool, model: Choice, logprobs: bool,
-                          on_text: OnText | None) -> TranscriptionResult:
+                          on_text: OnText | None, job: SegmentStore | None = None) -> TranscriptionResult:
         if audio.samples.ndim == 2:
-            return await self._transcribe_channels(audio, timestamps, vad, model, logprobs, on_text)
-        segments, tokens = await self._recognise(audio.samples, vad, model, on_text, None)
+            return await self._transcribe_channels(audio, timestamps, vad, model, logprobs, on_text, job)
+        segments, tokens = await self._recognise(audio.samples, vad, model, on_text, None, job)
         result = TranscriptionResult(duration=round(audio.duration, 3), text=join_text([t.text for t in tokens]),
                                      language=model.language)
         if logprobs:
@@ -125,7 +184,8 @@ class TranscriptionPipeline:
         return result
 
     async def _recognise(self, samples: np.ndarray, vad: bool, model: Choice, on_text: OnText | None,
-                         channel: int | None) -> tuple[list[SpeechSegment], list[SegmentTokens]]:
+                         channel: int | None, job: SegmentStore | None = None
+                         ) -> tuple[list[SpeechSegment], list[SegmentTokens]]:
         """One mono signal's segments and their tokens. Each segment goes to the model the moment VAD hands it out,
         so transcription overlaps VAD; the audio is stored once and every call carries the reference with its
         (start, end)."""
@@ -134,11 +194,29 @@ class TranscriptionPipeline:
         async def text_out(text: str) -> None:
             await on_text(text, channel)
 
-        return await transcribe_as_found(
-            self._speech(audio_ref, len(samples), vad),
-            issue=lambda segment: self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id,
-                                                           model.keyterms),
-            collect=self.backends.collect, on_text=text_out if on_text is not None else None)
+        def issue(segment: SpeechSegment) -> Cancellable:
+            return self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id, model.keyterms)
+
+        def issue_for_job(segment: SpeechSegment) -> Cancellable:
+            key = f"{channel or 0}:{segment.start}:{segment.end}"  # VAD is deterministic: a resumed run finds it
+            if (known := job.known(key)) is not None:
+                return _StoredCall(known, segment)
+            job.check()
+            call = self.backends.transcribe(audio_ref, segment.start, segment.end, model.model.id, model.keyterms,
+                                            priority="job")
+            return _KeptCall(self.backends, call, segment, lambda tokens: job.keep(key, tokens))
+
+        async def collect_for_job(call: _StoredCall | _KeptCall) -> SegmentTokens:
+            tokens = await call.result()
+            job.done_through(channel or 0, call.segment.end / SAMPLE_RATE)
+            return tokens
+
+        if job is None:
+            return await transcribe_as_found(self._speech(audio_ref, len(samples), vad), issue=issue,
+                                             collect=self.backends.collect,
+                                             on_text=text_out if on_text is not None else None)
+        return await transcribe_as_found(self._speech(audio_ref, len(samples), vad), issue=issue_for_job,
+                                         collect=collect_for_job, max_in_flight=job.in_flight)
 
     async def _align(self, segments: list[SpeechSegment], tokens: list[SegmentTokens], duration: float
                      ) -> tuple[list[Word], list[Segment]]:
@@ -146,10 +224,11 @@ class TranscriptionPipeline:
         return await self.backends.align(pieces, duration)
 
     async def _transcribe_channels(self, audio: LoadedAudio, timestamps: bool, vad: bool, model: Choice,
-                                   logprobs: bool, on_text: OnText | None) -> TranscriptionResult:
+                                   logprobs: bool, on_text: OnText | None, job: SegmentStore | None
+                                   ) -> TranscriptionResult:
         """Each channel on its own (VAD, model, words), concurrently; merged on one timeline: the text and
         logprobs in the time order of their segments, words and segments tagged with their channel."""
-        heard = await asyncio.gather(*[self._recognise(np.ascontiguousarray(row), vad, model, on_text, channel)
+        heard = await asyncio.gather(*[self._recognise(np.ascontiguousarray(row), vad, model, on_text, channel, job)
                                        for channel, row in enumerate(audio.samples)])
         timeline = sorted(((segment.start, channel, tokens) for channel, (segments, found) in enumerate(heard)
                            for segment, tokens in zip(segments, found)), key=lambda item: item[:2])

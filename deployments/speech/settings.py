@@ -168,6 +168,44 @@ class KeytermSettings(BaseModel):
         return self
 
 
+class JobSettings(BaseModel):
+    """Transcription jobs (``/v1/audio/transcriptions/jobs``): asynchronous, kept in ``storage`` so that any Ingress
+    replica can answer for any job and a job outlives the replica (and the application) that started it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str = Field("~/.cache/parakeet/jobs", description="directory holding every job's audio, finished "
+                                                               "segments and result. On a multi-node cluster it "
+                                                               "must be one shared filesystem (NFS, EFS, a "
+                                                               "ReadWriteMany volume) mounted at this path on every "
+                                                               "node that runs an Ingress replica")
+    url_prefixes: list[str] = Field(default_factory=list, description="the only URL prefixes a job's ``url`` may be "
+                                                                      "fetched from and a ``webhook_url`` may point "
+                                                                      "at (empty: neither is allowed)")
+    webhook_secret: Optional[SecretStr] = Field(None, description="Standard Webhooks signing secret, ``whsec_`` + "
+                                                                  "base64 (env PARAKEET_JOBS__WEBHOOK_SECRET); "
+                                                                  "without it a job with a webhook_url gets 400")
+    webhook_retry_s: list[float] = Field(default_factory=lambda: [5.0, 15.0, 30.0, 60.0, 120.0], min_length=0,
+                                         description="waits between a webhook's deliveries: a try, then one more "
+                                                     "after each wait (6 tries over 3m50s by default) until one is "
+                                                     "answered 2xx; a 4xx answer (but 408 and 429) stops them")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery's (and a URL fetch's connect) "
+                                                             "timeout")
+    max_unfinished: int = Field(1000, ge=1, description="jobs queued or running in the whole service; more get 429 "
+                                                        "with Retry-After (the jobs' own admission budget)")
+    jobs_per_replica: int = Field(2, ge=1, description="jobs one Ingress replica runs at once")
+    segments_in_flight: int = Field(8, ge=1, description="a running job's segments at the Transcribers at once "
+                                                         "(they run behind live and synchronous work)")
+    lease_s: float = Field(30.0, ge=1, description="a running job whose replica has not renewed its claim for this "
+                                                   "long is taken over by another replica (a dead Ingress)")
+    poll_s: float = Field(2.0, gt=0, description="how often an idle replica looks for jobs to run or resume")
+    retry_s: float = Field(10.0, gt=0, description="a job whose run failed for a passing reason (a replica died "
+                                                   "twice under a segment, the service at capacity) runs again after "
+                                                   "this long; its finished segments are kept")
+    result_ttl_s: float = Field(7 * 86400.0, gt=0, description="finished jobs (and their audio and result) are "
+                                                               "deleted this long after they finished")
+
+
 # The model names OpenAI's and Deepgram's clients send by default (their SDKs, Pipecat's and LiveKit's plugins) ->
 # the default served model.
 DEFAULT_MODEL_ALIASES = {name: "" for name in (
@@ -216,6 +254,7 @@ class AppSettings(BaseSettings):
                                                                       "when empty; [\"*\"]: any)")
     stream: StreamSettings = Field(default_factory=StreamSettings)
     keyterms: KeytermSettings = Field(default_factory=KeytermSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this gets 503")
 
     @model_validator(mode="after")

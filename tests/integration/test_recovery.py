@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import encode, phrase_recording, random_phrases
+from tests.helpers import encode, kill_one_replica, phrase_recording, random_phrases
 from tests.load import LoadOutcome, send_until, with_transcripts
 
 pytestmark = pytest.mark.integration
@@ -32,15 +32,6 @@ def files(app) -> list[tuple[bytes, str]]:
 
 def post(app, wav: bytes) -> httpx.Response:
     return httpx.post(app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, timeout=120)
-
-
-def kill_one_replica(app_name: str, deployment: str) -> None:
-    import ray
-
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if f"{app_name}#{deployment}#" in a["name"]]
-    assert names, f"no {deployment} replica found"
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
 
 def under_load_kill(app, files, deployment: str, kill_after_s: float = 2.0, run_s: float = 30.0) -> dict:
