@@ -219,20 +219,25 @@ class Transcriber:
         sizes[len(segments)] = sizes.get(len(segments), 0) + 1
         self._metrics.batch_size.observe(len(segments), tags={"model": model_id})
         self._metrics.audio_seconds.inc(sum(len(s) for s in segments) / SAMPLE_RATE, tags={"model": model_id})
-        if padding := recognizer.padding_samples([len(s) for s in segments]):
+        lengths = [len(s) for s in segments]
+        plan = recognizer.plan_batches(lengths)  # once per model call: the padding metric and the call use it
+        if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
         items = list(zip(segments, keyterms or [None] * len(segments)))
         return await asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer,
-                                                            items, priority, arrivals or []))
+                                                            items, priority, arrivals or [], plan))
 
     def _run_batch(self, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str = "file",
-                   arrivals: list["Arrival"] = ()) -> list[SegmentTokens | ItemFailure]:
+                   arrivals: list["Arrival"] = (), plan: list[list[int]] | None = None
+                   ) -> list[SegmentTokens | ItemFailure]:
         if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
             below = self._queue.started_below(PRIORITIES[priority])
             self.live_waits.extend(below - arrival.bulk_started for arrival in arrivals)
         started = time.perf_counter()
         try:
-            return run_isolated(lambda batch: recognizer.transcribe([s for s, _ in batch], [k for _, k in batch]),
+            # (the plan is the whole batch's; an item retried alone after a failed batch is planned on its own)
+            return run_isolated(lambda batch: recognizer.transcribe([s for s, _ in batch], [k for _, k in batch],
+                                                                    plan if len(batch) == len(items) else None),
                                 items)
         finally:
             elapsed = time.perf_counter() - started

@@ -106,6 +106,24 @@ def stop_app(name: str = "parakeet") -> None:
     serve.delete(name)
 
 
+@pytest.fixture(scope="module")
+def module_app(request, ray_cluster):
+    """The one way a test module serves an app of its own: ``module_app(model=..., deployment_options=...)`` runs it
+    named after the module (``test_jobs.py``: ``jobs`` at ``/jobs``), beside the shared apps, and deletes it when
+    the module is done; so modules pass in any order. Calling it again redeploys (a restart)."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+
+    def serve_app(deployment_options: dict | None = None, **args) -> ServedApp:
+        return run_app(ray_cluster, deployment_options, name=name, route_prefix=f"/{name}", **args)
+
+    serve_app.app_name = name
+    yield serve_app
+    from ray import serve
+
+    if name in serve.status().applications:
+        stop_app(name)
+
+
 @pytest.fixture(scope="session")
 def digits_app(ray_cluster, digits_model):
     """The graph serving the trained digits model; shared by the fidelity and streaming modules."""

@@ -11,6 +11,14 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
         1, sum(len(r.split()) for r in references))
 
 
+def assert_own_results(references: list[str], hypotheses: list[str]) -> None:
+    """Each caller's text is nearer its own digits than anyone else's, and nearly all are exact."""
+    for i, text in enumerate(hypotheses):
+        own = word_errors(references[i], text)
+        assert all(own < word_errors(other, text) for j, other in enumerate(references) if j != i), (i, text)
+    assert sum(r == h for r, h in zip(references, hypotheses)) >= 0.9 * len(references)
+
+
 def normalise(text: str) -> str:
     return " ".join("".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split())
 
@@ -67,3 +75,10 @@ def kill_one_replica(app_name: str, deployment: str) -> None:
              if f"{app_name}#{deployment}#" in a["name"]]
     assert names, f"no {deployment} replica found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+def bound_options(application) -> dict:
+    """Each deployment's options as build_app bound them, by name (Ingress.bind(segmenter, transcriber, aligner))."""
+    ingress = application._bound_deployment
+    deployments = [ingress, *(arg._bound_deployment for arg in ingress.init_args[:3])]
+    return {d.name: d for d in deployments}

@@ -162,19 +162,20 @@ class ParakeetRecognizer:
             groups.append([index])
         return groups
 
-    def padding_samples(self, lengths: Sequence[int]) -> int:
-        """Zeros the model will run on for these items (each sub-batch is padded to its longest item): the batch's
-        padding waste."""
+    def padding_samples(self, lengths: Sequence[int], plan: list[list[int]] | None = None) -> int:
+        """Zeros the model will run on for these items (each sub-batch of ``plan``, by default
+        ``plan_batches(lengths)``, is padded to its longest item): the batch's padding waste."""
         return sum(max(lengths[i] for i in group) * len(group) - sum(lengths[i] for i in group)
-                   for group in self.plan_batches(lengths))
+                   for group in (plan if plan is not None else self.plan_batches(lengths)))
 
-    def transcribe(self, waveforms: Sequence[np.ndarray], keyterms: Sequence[Keyterms | None] | None = None
-                   ) -> list[SegmentTokens]:
-        """Recognise each float32 16 kHz waveform (each with its own keyterms, or none); the result list is in
-        input order."""
+    def transcribe(self, waveforms: Sequence[np.ndarray], keyterms: Sequence[Keyterms | None] | None = None,
+                   plan: list[list[int]] | None = None) -> list[SegmentTokens]:
+        """Recognise each float32 16 kHz waveform (each with its own keyterms, or none), in the sub-batches of
+        ``plan`` (by default ``plan_batches`` of their lengths: a caller that already planned passes its plan, so a
+        model call is planned once); the result list is in input order."""
         keyterms = list(keyterms) if keyterms is not None else [None] * len(waveforms)
         results: list[SegmentTokens | None] = [None] * len(waveforms)
-        for group in self.plan_batches([len(w) for w in waveforms]):
+        for group in plan if plan is not None else self.plan_batches([len(w) for w in waveforms]):
             found = self._transcribe_group([waveforms[i] for i in group], [keyterms[i] for i in group])
             for index, tokens in zip(group, found):
                 results[index] = tokens

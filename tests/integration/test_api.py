@@ -14,19 +14,16 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import run_app, stop_app
 from tests.helpers import SAMPLE_RATE, encode, long_recording, phrase_recording, random_phrases
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, tiny_model):
+def app(module_app, tiny_model):
     # a wider batching window than production's 15 ms, so the batching test's requests surely meet
-    served = run_app(ray_cluster, {"Transcriber": {"user_config": {"batch_ms": 50}}}, model=str(tiny_model),
-                     limits={"max_upload_mb": 2}, local_attention_above_s=60)
-    yield served
-    stop_app()
+    return module_app({"Transcriber": {"user_config": {"batch_ms": 50}}}, model=str(tiny_model),
+                      limits={"max_upload_mb": 2}, local_attention_above_s=60)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import random
 import httpx
 import pytest
 
-from tests.conftest import run_app, stop_app
 from tests.helpers import encode, long_recording, random_phrases
 from tests.load import BackgroundLoad, running_replicas, seconds, wait_until, with_transcripts
 
@@ -26,10 +25,8 @@ CLIENTS = 8
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, digits_model):
-    served = run_app(ray_cluster, PRESET, name=APP, route_prefix=f"/{APP}", model=str(digits_model))
-    yield served
-    stop_app(APP)
+def app(module_app, digits_model):
+    return module_app(PRESET, model=str(digits_model))
 
 
 @pytest.fixture(scope="module")

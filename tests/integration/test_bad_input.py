@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import run_app, stop_app
 from tests.helpers import SAMPLE_RATE, encode, phrase_recording, random_phrases
 
 pytestmark = pytest.mark.integration
@@ -22,11 +21,8 @@ MAX_AUDIO_S = 60
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, digits_model):
-    served = run_app(ray_cluster, name="inputs", route_prefix="/inputs", model=str(digits_model),
-                     limits={"max_upload_mb": MAX_UPLOAD_MB, "max_audio_s": MAX_AUDIO_S})
-    yield served
-    stop_app("inputs")
+def app(module_app, digits_model):
+    return module_app(model=str(digits_model), limits={"max_upload_mb": MAX_UPLOAD_MB, "max_audio_s": MAX_AUDIO_S})
 
 
 def wav_bytes(audio: np.ndarray, rate: int = SAMPLE_RATE, subtype: str | None = None, fmt: str = "WAV") -> bytes:

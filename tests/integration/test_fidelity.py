@@ -17,8 +17,8 @@ import pytest
 
 from deployments.speech.parakeet import ParakeetRecognizer
 from deployments.speech.timestamps import segment_words
-from tests.helpers import (SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases,
-                           wer, word_errors)
+from tests.helpers import (SAMPLE_RATE, assert_own_results, encode, long_recording, normalise, phrase_recording,
+                           random_phrases, wer)
 
 pytestmark = pytest.mark.integration
 FRAME_S = 0.08
@@ -178,9 +178,3 @@ def test_no_cross_talk_between_32_concurrent_callers(app):
     assert any(size > 1 and count for size, count in formed.items())
 
 
-def assert_own_results(references: list[str], hypotheses: list[str]) -> None:
-    """Each caller's text is nearer its own digits than anyone else's, and nearly all are exact."""
-    for i, text in enumerate(hypotheses):
-        own = word_errors(references[i], text)
-        assert all(own < word_errors(other, text) for j, other in enumerate(references) if j != i), (i, text)
-    assert sum(r == h for r, h in zip(references, hypotheses)) >= 0.9 * len(references)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import run_app, stop_app
+from tests.conftest import stop_app
 from tests.helpers import encode, kill_one_replica, long_recording, random_phrases, word_errors
 
 pytestmark = pytest.mark.integration
@@ -62,12 +62,12 @@ def receiver():
     served.server.shutdown()
 
 
-def deploy(ray_cluster, digits_model, storage, receiver):
-    return run_app(ray_cluster, name=APP, route_prefix="/" + APP, model=str(digits_model),
-                   jobs={"storage": str(storage), "url_prefixes": [receiver.url + "/audio/", receiver.url + "/hooks/"],
-                         "webhook_secret": SECRET, "webhook_retry_s": [1, 1, 1, 1, 1], "lease_s": 3, "poll_s": 0.5,
-                         "segments_in_flight": 2},
-                   deployment_options={"Ingress": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}})
+def deploy(module_app, digits_model, storage, receiver):
+    return module_app({"Ingress": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}},
+                      model=str(digits_model), jobs={
+                          "storage": str(storage), "url_prefixes": [receiver.url + "/audio/", receiver.url + "/hooks/"],
+                          "webhook_secret": SECRET, "webhook_retry_s": [1, 1, 1, 1, 1], "lease_s": 3, "poll_s": 0.5,
+                          "segments_in_flight": 2})
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,9 @@ def storage(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, digits_model, storage, receiver):
-    served = deploy(ray_cluster, digits_model, storage, receiver)
-    yield served
-    stop_app(APP)
+def app(module_app, digits_model, storage, receiver):
+    assert module_app.app_name == APP
+    return deploy(module_app, digits_model, storage, receiver)
 
 
 @pytest.fixture(scope="module")
@@ -241,12 +240,12 @@ def test_killed_replicas_mid_job_lose_nothing_and_repeat_no_segment(app, long_au
     assert word_errors(long_audio.text, text) <= 0.1 * len(long_audio.text.split())
 
 
-def test_a_restarted_application_resumes_its_jobs(app, ray_cluster, digits_model, storage, receiver, long_audio):
+def test_a_restarted_application_resumes_its_jobs(app, module_app, digits_model, storage, receiver, long_audio):
     job = submit(app, encode(long_audio.audio))
     wait(app, job["id"], until=lambda job: job["progress"]["audio_s_done"] > 0)
     stop_app(APP)
     kept = len(kept_segments(storage, job["id"]))
-    restarted = deploy(ray_cluster, digits_model, storage, receiver)
+    restarted = deploy(module_app, digits_model, storage, receiver)
     done = wait(restarted, job["id"])
     assert done["status"] == "completed", done
     record = json.loads((storage / "jobs" / job["id"] / "job.json").read_text())

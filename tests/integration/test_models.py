@@ -12,7 +12,6 @@ import pytest
 
 from bench.models import build_random_nemo
 from deployments.speech.parakeet import ParakeetRecognizer
-from tests.conftest import run_app, stop_app
 from tests.helpers import encode, heldout, normalise, phrase_recording, random_phrases
 
 pytestmark = pytest.mark.integration
@@ -25,16 +24,14 @@ def paths(digits_model, tiny_model, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, paths):
+def app(module_app, paths):
     """Beside the shared digits app: three models, two per replica, one Transcriber replica."""
     models = [{"id": "digits", "source": paths["digits"]}, {"id": "tiny", "source": paths["tiny"]},
               {"id": "tiny2", "source": paths["tiny2"], "languages": ["en", "de", "fr"]}]
-    served = run_app(ray_cluster, {"Transcriber": {"user_config": {"batch_ms": 50}}}, name="models",
-                     route_prefix="/models", models=models, max_models_per_replica=2)
+    served = module_app({"Transcriber": {"user_config": {"batch_ms": 50}}}, models=models, max_models_per_replica=2)
     ready = httpx.get(served.url + "/readyz", timeout=60)
     assert ready.status_code == 200 and ready.json()["model"]["loaded"] == ["digits"], ready.text
-    yield served
-    stop_app("models")
+    return served
 
 
 def transcribe(app, audio: np.ndarray, **fields) -> httpx.Response:

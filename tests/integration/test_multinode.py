@@ -15,7 +15,6 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import run_app, stop_app
 from tests.helpers import encode, phrase_recording, random_phrases
 from tests.load import BackgroundLoad, running_replicas, seconds, wait_until, with_transcripts
 
@@ -47,10 +46,8 @@ def nodes(local_ray):
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, nodes, digits_model):
-    served = run_app(ray_cluster, PLACEMENT, name=APP, route_prefix=f"/{APP}", model=str(digits_model))
-    yield served
-    stop_app(APP)
+def app(module_app, nodes, digits_model):
+    return module_app(PLACEMENT, model=str(digits_model))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import soxr
 
 from deployments.speech.settings import StreamSettings, VadSettings
 from deployments.speech.vad import SpeechDetector
-from tests.helpers import SAMPLE_RATE, encode, long_recording, normalise, phrase_recording, random_phrases
-from tests.integration.test_fidelity import assert_own_results
+from tests.helpers import (SAMPLE_RATE, assert_own_results, encode, long_recording, normalise, phrase_recording,
+                           random_phrases)
 
 pytestmark = pytest.mark.integration
 CHUNK_MS = 100  # what realtime clients send

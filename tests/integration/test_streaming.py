@@ -15,9 +15,8 @@ import websockets
 from deployments.speech.audio import float_to_pcm16
 from deployments.speech.model_queue import PRIORITIES
 from deployments.stream_client import stream_pcm
-from tests.helpers import (SAMPLE_RATE, Recording, encode, long_recording, normalise, phrase_recording,
-                           random_phrases, word_errors)
-from tests.integration.test_fidelity import assert_own_results
+from tests.helpers import (SAMPLE_RATE, Recording, assert_own_results, encode, long_recording, normalise,
+                           phrase_recording, random_phrases, word_errors)
 
 pytestmark = pytest.mark.integration
 FRAME_S = 0.08

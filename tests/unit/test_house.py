@@ -88,3 +88,13 @@ def test_the_shipped_package_imports_nothing_that_does_not_ship():
     """`deployments` is what the package installs; bench/, tests/ and tools/ do not ship."""
     stray = lines_matching(r"^\s*(from|import)\s+(bench|tests|tools)\b", SHIPPED, set())
     assert not stray, "\n".join(stray)
+
+
+def test_test_modules_share_helpers_and_one_app_factory():
+    """Shared test code lives in tests/helpers.py (no test module imports another), and every module that serves an
+    app of its own does it through conftest's ``module_app`` (named after the module, so modules pass in any order)."""
+    tests = sorted((ROOT / "tests").rglob("test_*.py"))
+    imports = lines_matching(r"^\s*from tests\.(unit|integration)\b", tests, set())
+    assert not imports, "move it to tests/helpers.py:\n" + "\n".join(imports)
+    own_apps = lines_matching(r"\brun_app\(", tests, set())
+    assert not own_apps, "use the module_app fixture:\n" + "\n".join(own_apps)

@@ -22,7 +22,7 @@ def needs(monkeypatch, tmp_path) -> dict:
     """What each deployment asks of a node, built as a cluster builds it (PARAKEET_TRANSCRIBER_GPUS=1, as every
     manifest sets): per replica and at max_replicas."""
     from deployments import app as app_module
-    from tests.unit.test_serve_config import bound_options
+    from tests.helpers import bound_options
 
     model = tmp_path / "m.nemo"
     model.write_bytes(b"")

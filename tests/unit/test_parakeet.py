@@ -44,6 +44,20 @@ def test_plan_batches_caps_the_audio_in_one_batch(recognizer, monkeypatch):
     assert recognizer.plan_batches([16000 * 4] * 3) == [[0, 1], [2]]
 
 
+def test_a_planned_model_call_is_planned_once(recognizer, monkeypatch):
+    """The Transcriber plans a model call once (for its padding metric) and hands that plan to ``transcribe``."""
+    lengths = [16000, 24000, 17000]
+    plan = recognizer.plan_batches(lengths)
+    plans: list = []
+    planner = recognizer.plan_batches
+    monkeypatch.setattr(recognizer, "plan_batches", lambda sizes: plans.append(sizes) or planner(sizes))
+    waveforms = [np.zeros(n, np.float32) for n in lengths]
+    recognizer.padding_samples(lengths, plan)
+    planned = recognizer.transcribe(waveforms, plan=plan)
+    assert plans == [] and len(planned) == 3
+    assert [t.text for t in recognizer.transcribe(waveforms)] == [t.text for t in planned] and len(plans) == 1
+
+
 def test_padding_samples_count_the_zeros_of_each_planned_sub_batch(recognizer):
     # 15000 and 16000 and 17000 share one sub-batch (padded to 17000); the 10-minute file runs alone
     assert recognizer.padding_samples([16000, 16000 * 600, 15000, 17000]) == (17000 - 16000) + (17000 - 15000)

@@ -7,15 +7,9 @@ import pytest
 import yaml
 
 from deployments.speech.settings import AppSettings, BatchSettings
+from tests.helpers import bound_options
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
-
-
-def bound_options(application) -> dict:
-    """Each deployment's options as build_app bound them, by name (Ingress.bind(segmenter, transcriber, aligner))."""
-    ingress = application._bound_deployment
-    deployments = [ingress, *(arg._bound_deployment for arg in ingress.init_args[:3])]
-    return {d.name: d for d in deployments}
 
 
 def test_serve_config_is_valid(monkeypatch):

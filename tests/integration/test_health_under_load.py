@@ -1,0 +1,72 @@
+"""Health under a real burst, on the shipped config: 600 short requests, 200 at a time, while a prober reads
+/healthz and /readyz as a Kubernetes probe would. Every request is answered (200, or 429 with Retry-After: shed at
+once), and both probes answer within 1 s at p99, so a busy, healthy pod is never restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import encode, phrase_recording, random_phrases
+
+pytestmark = pytest.mark.integration
+REQUESTS = 600
+CONCURRENCY = 200
+
+
+@pytest.fixture(scope="module")
+def app(shipped_digits_app):
+    return shipped_digits_app
+
+
+def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
+    rng = random.Random(60)
+    files = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 20))]
+    probes: dict[str, list[float]] = {"/healthz": [], "/readyz": []}
+    statuses: list[int] = []
+    bad: list[str] = []
+
+    async def burst() -> None:
+        done = asyncio.Event()
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as clients, \
+                httpx.AsyncClient(timeout=30) as prober:
+            async def probe() -> None:
+                while not done.is_set():
+                    for path, latencies in probes.items():
+                        started = time.perf_counter()
+                        response = await prober.get(app.url + path)
+                        latencies.append(time.perf_counter() - started)
+                        if response.status_code != 200:
+                            bad.append(f"{path}: {response.status_code} {response.text[:200]}")
+                    await asyncio.sleep(0.1)
+
+            slots = asyncio.Semaphore(CONCURRENCY)
+
+            async def one(i: int) -> None:
+                async with slots:
+                    response = await clients.post(app.url + "/v1/audio/transcriptions",
+                                                  files={"file": ("a.wav", files[i % len(files)])})
+                    statuses.append(response.status_code)
+                    if response.status_code == 429:
+                        assert int(response.headers["Retry-After"]) >= 1
+
+            prober_task = asyncio.create_task(probe())
+            await asyncio.gather(*[one(i) for i in range(REQUESTS)])
+            done.set()
+            await prober_task
+
+    asyncio.run(burst())
+    p99 = {path: float(np.percentile(latencies, 99)) for path, latencies in probes.items()}
+    print(f"burst: {statuses.count(200)} served, {statuses.count(429)} shed; probe p99 "
+          + ", ".join(f"{path} {seconds * 1000:.0f} ms over {len(probes[path])}" for path, seconds in p99.items()))
+    assert len(statuses) == REQUESTS and set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(200) >= CONCURRENCY // 2
+    assert not bad, bad[:5]
+    assert all(len(latencies) >= 10 for latencies in probes.values())
+    assert p99["/healthz"] < 1.0 and p99["/readyz"] < 1.0, p99
