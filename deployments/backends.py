@@ -8,7 +8,9 @@ transcription, a live VAD step, an alignment); anything else becomes a 500 witho
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -127,6 +129,44 @@ class GraphBackends:
         model, _, _ = await downstream(_gather(self.transcriber.ready.remote(), self.segmenter.ready.remote(),
                                                self.aligner.ready.remote()))
         return model
+
+
+class Readiness:
+    """``/readyz`` without queueing behind request work: every deployment is asked (the Transcriber for its model
+    description) in the background every ``refresh_s``; the probe is answered from the last answer at once. Ready
+    once a check has gone through every deployment, and until none has for ``stale_s`` (a graph that stopped
+    answering). The first probe waits for the first check."""
+
+    def __init__(self, backends: GraphBackends, refresh_s: float = 2.0, stale_s: float = 15.0):
+        self.backends = backends
+        self.refresh_s = refresh_s
+        self.stale_s = stale_s
+        self._model: Any = None
+        self._answered_at = float("-inf")
+        self._checking: asyncio.Task | None = None
+        self._error: str = "not checked yet"
+
+    async def check(self) -> Any:
+        """The model description; raises ``NotReady`` when no check has gone through every deployment lately."""
+        if self._checking is None or self._checking.done():
+            if time.monotonic() - self._answered_at > self.refresh_s:
+                self._checking = asyncio.create_task(self._check())
+        if self._model is None and self._checking is not None:
+            await asyncio.wait({self._checking}, timeout=10)
+        if time.monotonic() - self._answered_at > self.stale_s:
+            raise NotReady(self._error)
+        return self._model
+
+    async def _check(self) -> None:
+        try:
+            self._model = await asyncio.wait_for(self.backends.ready(), self.stale_s)
+            self._answered_at = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - the probe reports it
+            self._error = f"the deployments did not all answer: {type(exc).__name__}"
+
+
+class NotReady(Exception):
+    pass
 
 
 async def _gather(*calls: DeploymentResponse) -> list:

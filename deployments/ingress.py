@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.access import AccessMiddleware, configure_access
-from deployments.backends import GraphBackends
+from deployments.backends import GraphBackends, Readiness
 from deployments.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
                                   OPENAI_RESPONSES, install_error_handlers, install_openapi_components,
                                   json_responses, openai_response, read_body, read_job_submit, read_upload)
@@ -68,6 +68,7 @@ class Ingress:
                  settings: AppSettings):
         self.settings = settings
         self.backends = GraphBackends(segmenter, transcriber, aligner)
+        self.readiness = Readiness(self.backends)
         self.pipeline = TranscriptionPipeline(self.backends, settings)
         self.catalog = ModelCatalog(settings.served_models, settings.model_aliases, settings.keyterms)
         self.metrics = IngressMetrics()
@@ -278,9 +279,9 @@ class Ingress:
              responses={503: {"description": "not ready (Retry-After)"}, 401: ERROR_RESPONSES[401]})
     async def readyz(self) -> JSONResponse:
         try:
-            model = await asyncio.wait_for(self.backends.ready(), timeout=10)
+            model = await self.readiness.check()
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return JSONResponse({"status": "not ready", "reason": type(exc).__name__}, status_code=503,
+            return JSONResponse({"status": "not ready", "reason": str(exc) or type(exc).__name__}, status_code=503,
                                 headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready", "model": model})
 

@@ -117,8 +117,8 @@ def test_mixed_traffic_soak(app):
         f"the replicas' memory was measured before and after: {rss_before} -> {rss_after}"
     # the full soak holds +5 %; CI's reduced run is short enough for the allocators' noise to reach ~4-6 %
     assert all(g <= (0.05 if REQUESTS >= 1000 else 0.10) for g in growth.values()), growth
-    if REQUESTS >= 1000:  # no slope: the second half adds at most 2 % (a leak keeps growing; pools settle)
-        assert all(curve[-1][name] <= curve[1][name] * 1.02 for name in curve[1]), curve
+    # no slope, at every size: the second half adds at most 2 % (CI: 3 %) (a leak keeps growing; pools settle)
+    assert all(curve[-1][name] <= curve[1][name] * (1.02 if REQUESTS >= 1000 else 1.03) for name in curve[1]), curve
     assert stats["requests"] == 0 and stats["active_streams"] == 0 and stats["tasks"] <= tasks_before
     assert set(os.listdir(tempfile.gettempdir())) - temp_before <= {f for f in os.listdir(tempfile.gettempdir())
                                                                     if f.startswith(("ray", "pytest"))}
