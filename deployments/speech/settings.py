@@ -194,7 +194,7 @@ class JobSettings(BaseModel):
     max_unfinished: int = Field(1000, ge=1, description="jobs queued or running in the whole service; more get 429 "
                                                         "with Retry-After (the jobs' own admission budget)")
     jobs_per_replica: int = Field(2, ge=1, description="jobs one Ingress replica runs at once")
-    segments_in_flight: int = Field(8, ge=1, description="a running job's segments at the Transcribers at once "
+    segments_in_flight: int = Field(32, ge=1, description="a running job's segments at the Transcribers at once "
                                                          "(they run behind live and synchronous work)")
     lease_s: float = Field(30.0, ge=1, description="a running job whose replica has not renewed its claim for this "
                                                    "long is taken over by another replica (a dead Ingress)")

@@ -1,4 +1,4 @@
-"""Health under a real burst, on the shipped config: 600 short requests, 200 at a time (each sent again after
+"""Health under a real burst, on the shipped config: 400 short requests, 200 at a time (each sent again after
 Retry-After while it is shed, as the OpenAI SDK does), while a prober reads /healthz and /readyz. Every request is
 served in the end, the only refusals are 429s, and every probe is answered 200.
 
@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import encode, phrase_recording, random_phrases
 
 pytestmark = pytest.mark.integration
-REQUESTS = 600
+REQUESTS = 400
 CONCURRENCY = 200
 
 
