@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -132,41 +133,72 @@ class GraphBackends:
 
 
 class Readiness:
-    """``/readyz`` without queueing behind request work: every deployment is asked (the Transcriber for its model
-    description) in the background every ``refresh_s``; the probe is answered from the last answer at once. Ready
-    once a check has gone through every deployment, and until none has for ``stale_s`` (a graph that stopped
-    answering). The first probe waits for the first check."""
+    """``/readyz`` without queueing behind request work. The probe is answered at once from the last background
+    check, made every ``refresh_s``: Serve's controller says whether every deployment has a running replica (its
+    health checks keep that current; asking it never waits in a deployment's request queue, which a burst fills).
+    The model description comes from one call through every deployment (the first probe waits for it: the whole
+    graph answered once), refreshed in the background. Not ready (503) when a deployment has no running replica,
+    or when no check has answered for ``stale_s``."""
 
-    def __init__(self, backends: GraphBackends, refresh_s: float = 2.0, stale_s: float = 15.0):
+    def __init__(self, backends: GraphBackends, refresh_s: float = 2.0, stale_s: float = 15.0,
+                 replicas_missing: Callable[[], list[str]] | None = None):
         self.backends = backends
         self.refresh_s = refresh_s
         self.stale_s = stale_s
+        self.replicas_missing = replicas_missing or _deployments_without_a_running_replica
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness")
         self._model: Any = None
+        self._missing: list[str] = []
         self._answered_at = float("-inf")
         self._checking: asyncio.Task | None = None
-        self._error: str = "not checked yet"
+        self._error = "not checked yet"
+        self.describe_every_s = 10.0
+        self._described_at = float("-inf")
+        self._describing: asyncio.Task | None = None
 
     async def check(self) -> Any:
-        """The model description; raises ``NotReady`` when no check has gone through every deployment lately."""
-        if self._checking is None or self._checking.done():
-            if time.monotonic() - self._answered_at > self.refresh_s:
-                self._checking = asyncio.create_task(self._check())
+        """The model description; raises ``NotReady`` saying why not."""
+        if (self._checking is None or self._checking.done()) and time.monotonic() - self._answered_at > self.refresh_s:
+            self._checking = asyncio.create_task(self._check())
         if self._model is None and self._checking is not None:
             await asyncio.wait({self._checking}, timeout=10)
-        if time.monotonic() - self._answered_at > self.stale_s:
+        if self._model is None or time.monotonic() - self._answered_at > self.stale_s:
             raise NotReady(self._error)
+        if self._missing:
+            raise NotReady(f"no running replica of {', '.join(self._missing)}")
         return self._model
 
     async def _check(self) -> None:
         try:
-            self._model = await asyncio.wait_for(self.backends.ready(), self.stale_s)
+            if self._model is None:
+                self._model, self._described_at = await asyncio.wait_for(self.backends.ready(), 10), time.monotonic()
+            elif time.monotonic() - self._described_at > self.describe_every_s and (
+                    self._describing is None or self._describing.done()):
+                self._describing = asyncio.create_task(self._describe())
+            self._missing = await asyncio.get_running_loop().run_in_executor(self._executor, self.replicas_missing)
             self._answered_at = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - the probe reports it
-            self._error = f"the deployments did not all answer: {type(exc).__name__}"
+            self._error = f"the deployments did not answer: {type(exc).__name__}"
+
+    async def _describe(self) -> None:
+        """The model description again (the models loaded change); readiness does not wait for it."""
+        try:
+            self._model = await asyncio.wait_for(self.backends.ready(), 60)
+        except Exception as exc:  # noqa: BLE001 - the controller's view decides readiness
+            log.warning("The model description was not refreshed: %s", type(exc).__name__)
+        self._described_at = time.monotonic()
 
 
 class NotReady(Exception):
     pass
+
+
+def _deployments_without_a_running_replica() -> list[str]:
+    from ray import serve
+
+    status = serve.status().applications[serve.get_replica_context().app_name]
+    return sorted(name for name, deployment in status.deployments.items()
+                  if deployment.replica_states.get("RUNNING", 0) < 1)
 
 
 async def _gather(*calls: DeploymentResponse) -> list:

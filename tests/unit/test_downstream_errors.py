@@ -58,18 +58,16 @@ def test_a_segment_whose_replica_died_is_sent_once_more_then_gets_503():
 
 
 class SlowGraph:
-    """``ready()`` as the deployments answer it: after ``delay_s``, or failing once ``down``."""
+    """``ready()`` as the deployments answer it, after ``delay_s``; the controller's view of missing replicas."""
 
     def __init__(self, delay_s: float):
         self.delay_s = delay_s
-        self.down = False
+        self.missing: list[str] = []
         self.asked = 0
 
     async def ready(self):
         self.asked += 1
         await asyncio.sleep(self.delay_s)
-        if self.down:
-            raise RuntimeError("gone")
         return {"id": "m"}
 
 
@@ -78,23 +76,21 @@ def test_readiness_answers_from_the_last_check_without_waiting_for_a_slow_graph(
 
     async def scenario():
         graph = SlowGraph(delay_s=0.05)
-        readiness = Readiness(graph, refresh_s=0.1, stale_s=0.5)
+        readiness = Readiness(graph, refresh_s=0.1, stale_s=0.5, replicas_missing=lambda: list(graph.missing))
         assert await readiness.check() == {"id": "m"}  # the first probe waits for the first check
-        graph.delay_s = 0.3  # the graph is busy: later probes do not wait for it
+        graph.delay_s = 5  # the deployments' queues are full: probes do not wait for them
         await asyncio.sleep(0.15)
         started = asyncio.get_running_loop().time()
         assert await readiness.check() == {"id": "m"}
-        assert asyncio.get_running_loop().time() - started < 0.05
-        await asyncio.sleep(0.01)
-        assert graph.asked == 2  # and a new check runs in the background
-        graph.down = True  # nothing answers any more: not ready once the last answer is stale_s old
-        deadline = started + 2
-        while asyncio.get_running_loop().time() < deadline:
+        assert asyncio.get_running_loop().time() - started < 0.05 and graph.asked == 1
+        graph.missing = ["Transcriber"]  # the controller: no running Transcriber
+        await asyncio.sleep(0.15)
+        for _ in range(20):
             try:
                 await readiness.check()
             except NotReady as exc:
                 return str(exc)
             await asyncio.sleep(0.05)
-        raise AssertionError("still ready with the graph down")
+        raise AssertionError("still ready without a running Transcriber")
 
-    assert "did not all answer" in asyncio.run(scenario())
+    assert asyncio.run(scenario()) == "no running replica of Transcriber"
