@@ -46,7 +46,7 @@ def nodes(local_ray):
 
 
 @pytest.fixture(scope="module")
-def app(module_app, nodes, digits_model):
+def app(nodes, module_app, digits_model):  # (nodes first: the app is deleted before they are removed)
     return module_app(PLACEMENT, model=str(digits_model))
 
 
