@@ -66,6 +66,8 @@ class Admission:
         self.audio_s -= ticket.audio_s
         if ticket.long:
             self.long_audio_s -= ticket.audio_s
+        if self.requests == 0:  # exactly empty: sums of floats leave residues that would read as "busy"
+            self.audio_s = self.long_audio_s = 0.0
 
     def _take_audio(self, ticket: Ticket, seconds: float) -> None:
         limit = self.settings.max_audio_s

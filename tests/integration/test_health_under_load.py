@@ -28,7 +28,16 @@ def app(shipped_digits_app):
     return shipped_digits_app
 
 
+def wait_until_ready(app) -> None:
+    """As a load balancer does: traffic only once the readiness probe says so."""
+    deadline = time.monotonic() + 120
+    while httpx.get(app.url + "/readyz", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.5)
+
+
 def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
+    wait_until_ready(app)
     rng = random.Random(60)
     files = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 20))]
     # (/-/healthz: Ray Serve's proxy answers it itself; the control that shows how saturated the node is)

@@ -30,6 +30,18 @@ def test_requests_and_audio_seconds_are_bounded_and_given_back():
         alone.admit_audio(500)
 
 
+def test_after_many_requests_a_file_bigger_than_the_budget_still_runs_alone():
+    """Sums of float seconds leave residues (0.1 + 0.2 - 0.1 - 0.2 != 0): an empty replica must read as empty."""
+    admission = Admission(AdmissionSettings(max_requests=4, max_audio_s=60, long_file_s=30))
+    for seconds in [0.1, 0.2, 2.3, 1.7, 0.3] * 20:
+        with admission.request() as first, admission.request() as second:
+            first.admit_audio(seconds)
+            second.admit_audio(seconds * 3)
+    assert admission.audio_s == 0
+    with admission.request() as alone:
+        alone.admit_audio(268)
+
+
 def test_a_kept_ticket_is_released_once_by_its_owner():
     admission = Admission(AdmissionSettings(max_requests=1))
     with admission.request() as ticket:
