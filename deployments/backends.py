@@ -136,13 +136,14 @@ class Readiness:
     """``/readyz`` without queueing behind request work. The probe is answered at once from the last background
     check, made every ``refresh_s``: Serve's controller says whether every deployment has a running replica (its
     health checks keep that current; asking it never waits in a deployment's request queue, which a burst fills).
-    The model description comes from one call through every deployment (the first probe waits for it: the whole
-    graph answered once), refreshed in the background. Not ready (503) when a deployment has no running replica,
-    or when no check has answered for ``stale_s``."""
+    The model description comes from a call through every deployment, in the background (a new replica's first
+    probe waits up to 2 s for it, then answers with ``fallback``, the configured model). Not ready (503) when a
+    deployment has no running replica, or when no check has answered for ``stale_s``."""
 
-    def __init__(self, backends: GraphBackends, refresh_s: float = 2.0, stale_s: float = 15.0,
+    def __init__(self, backends: GraphBackends, fallback: Any = None, refresh_s: float = 2.0, stale_s: float = 15.0,
                  replicas_missing: Callable[[], list[str]] | None = None):
         self.backends = backends
+        self.fallback = fallback  # what a new replica answers while the graph is too busy to describe its model
         self.refresh_s = refresh_s
         self.stale_s = stale_s
         self.replicas_missing = replicas_missing or _deployments_without_a_running_replica
@@ -170,18 +171,21 @@ class Readiness:
 
     async def _check(self) -> None:
         try:
-            if self._model is None:
-                self._model, self._described_at = await asyncio.wait_for(self.backends.ready(), 10), time.monotonic()
-            elif time.monotonic() - self._described_at > self.describe_every_s and (
+            if time.monotonic() - self._described_at > self.describe_every_s and (
                     self._describing is None or self._describing.done()):
                 self._describing = asyncio.create_task(self._describe())
+                if self._model is None:  # a new replica: the description if the graph gives it soon
+                    await asyncio.wait({self._describing}, timeout=2)
             self._missing = await asyncio.get_running_loop().run_in_executor(self._executor, self.replicas_missing)
+            if self._model is None:  # a busy graph: the controller's view is the answer, with the configured model
+                self._model = self.fallback
             self._answered_at = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - the probe reports it
             self._error = f"the deployments did not answer: {type(exc).__name__}"
 
     async def _describe(self) -> None:
-        """The model description again (the models loaded change); readiness does not wait for it."""
+        """The model description (the models loaded change), through every deployment; readiness does not wait
+        for it."""
         try:
             self._model = await asyncio.wait_for(self.backends.ready(), 60)
         except Exception as exc:  # noqa: BLE001 - the controller's view decides readiness

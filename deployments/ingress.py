@@ -68,7 +68,8 @@ class Ingress:
                  settings: AppSettings):
         self.settings = settings
         self.backends = GraphBackends(segmenter, transcriber, aligner)
-        self.readiness = Readiness(self.backends)
+        default = settings.default_model
+        self.readiness = Readiness(self.backends, fallback={"model": default.source, "id": default.id})
         self.pipeline = TranscriptionPipeline(self.backends, settings)
         self.catalog = ModelCatalog(settings.served_models, settings.model_aliases, settings.keyterms)
         self.metrics = IngressMetrics()

@@ -94,3 +94,13 @@ def test_readiness_answers_from_the_last_check_without_waiting_for_a_slow_graph(
         raise AssertionError("still ready without a running Transcriber")
 
     assert asyncio.run(scenario()) == "no running replica of Transcriber"
+
+
+def test_a_new_replica_is_ready_by_the_controllers_view_while_the_graph_is_too_busy_to_describe():
+    from deployments.backends import Readiness
+
+    async def scenario():
+        fresh = Readiness(SlowGraph(delay_s=5), fallback={"id": "configured"}, replicas_missing=lambda: [])
+        return await fresh.check()
+
+    assert asyncio.run(scenario()) == {"id": "configured"}
