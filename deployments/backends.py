@@ -157,6 +157,11 @@ class Readiness:
         self._described_at = float("-inf")
         self._describing: asyncio.Task | None = None
 
+    def prepare(self) -> None:
+        """Start the first check now (on the running loop), before any probe asks."""
+        if self._checking is None:
+            self._checking = asyncio.get_running_loop().create_task(self._check())
+
     async def check(self) -> Any:
         """The model description; raises ``NotReady`` saying why not."""
         if (self._checking is None or self._checking.done()) and time.monotonic() - self._answered_at > self.refresh_s:

@@ -81,10 +81,12 @@ class Ingress:
         self._run_jobs()
 
     def _run_jobs(self) -> None:
-        """The replica's job loop (started with the replica; restarted by the health check should it ever end)."""
+        """The replica's job loop (started with the replica; restarted by the health check should it ever end), and
+        its first readiness check, so that a replica added under load has an answer before its first probe."""
         if self._job_loop is None or self._job_loop.done():
             with contextlib.suppress(RuntimeError):  # no running loop (outside a replica)
                 self._job_loop = asyncio.get_running_loop().create_task(self.jobs.run_forever())
+                self.readiness.prepare()
 
     async def check_health(self) -> None:
         self._run_jobs()
