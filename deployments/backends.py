@@ -141,7 +141,7 @@ class Readiness:
     deployment has no running replica, or when no check has answered for ``stale_s``."""
 
     def __init__(self, backends: GraphBackends, fallback: Any = None, refresh_s: float = 2.0, stale_s: float = 15.0,
-                 replicas_missing: Callable[[], list[str]] | None = None):
+                 describe_every_s: float = 10.0, replicas_missing: Callable[[], list[str]] | None = None):
         self.backends = backends
         self.fallback = fallback  # what a new replica answers while the graph is too busy to describe its model
         self.refresh_s = refresh_s
@@ -153,7 +153,7 @@ class Readiness:
         self._answered_at = float("-inf")
         self._checking: asyncio.Task | None = None
         self._error = "not checked yet"
-        self.describe_every_s = 10.0
+        self.describe_every_s = describe_every_s
         self._described_at = float("-inf")
         self._describing: asyncio.Task | None = None
 

@@ -166,12 +166,17 @@ async def read_body(request: Request, max_upload_bytes: int) -> bytes:
     if (request.headers.get("content-type") or "").split(";")[0].strip() == "application/json":
         raise InvalidRequest("Send the audio itself as the request body (audio/wav, audio/mpeg, ...); fetching a "
                              "URL is not offered here.", code="url_not_supported")
+    return await _capped_body(request, max_upload_bytes, lambda: PayloadTooLarge(
+        f"The upload is larger than the {max_upload_bytes // (1024 * 1024)} MB limit.", code="file_too_large"))
+
+
+async def _capped_body(request: Request, max_bytes: int, too_large: Callable[[], ApiError]) -> bytes:
+    """The request body, counted as it arrives: ``too_large()`` is raised the moment it passes ``max_bytes``."""
     chunks, received = [], 0
     async for chunk in request.stream():
         received += len(chunk)
-        if received > max_upload_bytes:
-            raise PayloadTooLarge(f"The upload is larger than the {max_upload_bytes // (1024 * 1024)} MB limit.",
-                                  code="file_too_large")
+        if received > max_bytes:
+            raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -184,12 +189,9 @@ async def read_job_submit(request: Request, max_upload_bytes: int) -> tuple[JobO
         form = await read_form(request.headers.get("content-type"), request.headers.get("content-length"),
                                request.stream(), max_upload_bytes)
         return JobOptions.from_form(form), form.file
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"A job's {content_type} body must be under {MAX_FIELD_BYTES} bytes; upload the "
-                                 "audio as multipart/form-data.", code="field_too_large")
+    body = await _capped_body(request, MAX_FIELD_BYTES, lambda: InvalidRequest(
+        f"A job's {content_type} body must be under {MAX_FIELD_BYTES} bytes; upload the audio as multipart/form-data.",
+        code="field_too_large"))
     if content_type == "application/x-www-form-urlencoded":
         return JobOptions.from_form(UploadForm(fields=parse_qs(body.decode("utf-8", "replace")))), None
     try:

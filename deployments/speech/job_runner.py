@@ -204,17 +204,29 @@ class Jobs:
             self._wake.clear()
 
     async def tick(self) -> None:
+        """Expire old jobs, then claim what is due, up to this replica's free slots. The storage is read on a worker
+        thread: a scan over many jobs (or a slow network filesystem) never holds the event loop."""
         now = time.time()
         if now - self._swept_at > EXPIRY_SWEEP_S:
             self._swept_at = now
-            for job_id in await asyncio.to_thread(lambda: list(self.store.expired(now, self.settings.result_ttl_s))):
-                log.info("Job %s expired", job_id)
-                with contextlib.suppress(ApiError):
-                    self.store.delete(job_id)
+            await asyncio.to_thread(self._expire, now)
+        free = self.settings.jobs_per_replica - len(self.running)
+        if free > 0:
+            for job_id, lease in await asyncio.to_thread(self._claim_due, now, free, set(self.running)):
+                self.running[job_id] = asyncio.create_task(self._hold(job_id, lease))
+
+    def _expire(self, now: float) -> None:
+        for job_id in list(self.store.expired(now, self.settings.result_ttl_s)):
+            log.info("Job %s expired", job_id)
+            with contextlib.suppress(ApiError):
+                self.store.delete(job_id)
+
+    def _claim_due(self, now: float, free: int, running: set[str]) -> list[tuple[str, Lease]]:
+        claimed: list[tuple[str, Lease]] = []
         for job_id in self.store.unfinished():
-            if len(self.running) >= self.settings.jobs_per_replica:
-                return
-            if job_id in self.running:
+            if len(claimed) >= free:
+                break
+            if job_id in running:
                 continue
             with contextlib.suppress(ApiError):  # deleted meanwhile
                 record = self.store.get(job_id)
@@ -224,7 +236,8 @@ class Jobs:
                     continue  # a webhook retry not due yet: claim it when it is
                 lease = self.store.claim(job_id, self.settings.lease_s, self.owner)
                 if lease is not None:
-                    self.running[job_id] = asyncio.create_task(self._hold(job_id, lease))
+                    claimed.append((job_id, lease))
+        return claimed
 
     async def _hold(self, job_id: str, lease: Lease) -> None:
         """Run the job while renewing the lease; stop if it is lost (another replica took the job over)."""
