@@ -82,3 +82,15 @@ def bound_options(application) -> dict:
     ingress = application._bound_deployment
     deployments = [ingress, *(arg._bound_deployment for arg in ingress.init_args[:3])]
     return {d.name: d for d in deployments}
+
+
+class TaskCall:
+    """A fake deployment call for the pipeline's unit tests: ``work`` running as a task, cancellable."""
+
+    def __init__(self, work):
+        import asyncio
+
+        self.task = asyncio.ensure_future(work)
+
+    def cancel(self) -> None:
+        self.task.cancel()

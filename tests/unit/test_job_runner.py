@@ -17,18 +17,10 @@ from deployments.speech.jobs import JobOptions, allowed_url, webhook_headers
 from deployments.speech.pipeline import TranscriptionPipeline
 from deployments.speech.schemas import SegmentTokens, SpeechSegment
 from deployments.speech.settings import AppSettings
-from tests.helpers import SAMPLE_RATE, encode
+from tests.helpers import SAMPLE_RATE, TaskCall, encode
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SEGMENTS = [(0, 1), (2, 3), (4, 5)]  # seconds
-
-
-class SegmentCall:
-    def __init__(self, work):
-        self.task = asyncio.ensure_future(work)
-
-    def cancel(self) -> None:
-        self.task.cancel()
 
 
 class Deployments:
@@ -53,7 +45,7 @@ class Deployments:
             await asyncio.sleep(self.model_s)
             self.calls.append((start // SAMPLE_RATE, priority))
             return SegmentTokens(text=f"w{start // SAMPLE_RATE}")
-        return SegmentCall(work())
+        return TaskCall(work())
 
     async def collect(self, call):
         return await call.task

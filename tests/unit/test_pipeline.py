@@ -13,18 +13,11 @@ from deployments.speech.protocol import SseError, TranscriptTextDelta, Transcrip
 from deployments.speech.schemas import SegmentTokens, SpeechSegment
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.settings import AppSettings
+from tests.helpers import TaskCall
 
 MODEL = ModelCatalog(AppSettings().served_models).choose(None, None)
 
 SECOND = 16000
-
-
-class FakeCall:
-    def __init__(self, work):
-        self.task = asyncio.ensure_future(work)
-
-    def cancel(self) -> None:
-        self.task.cancel()
 
 
 class FakeBackends:
@@ -50,7 +43,7 @@ class FakeBackends:
                 raise Overloaded("The service is at capacity; retry shortly.", retry_after_s=2)
             self.transcribed.append((start, end))
             return SegmentTokens(text=f"s{start // SECOND}")
-        return FakeCall(work())
+        return TaskCall(work())
 
     async def collect(self, call):
         return await call.task
