@@ -133,46 +133,69 @@ class GraphBackends:
 
 
 class Readiness:
-    """``/readyz`` without queueing behind request work. The probe is answered at once from the last background
-    check, made every ``refresh_s``: Serve's controller says whether every deployment has a running replica (its
-    health checks keep that current; asking it never waits in a deployment's request queue, which a burst fills).
-    The model description comes from a call through every deployment, in the background (a new replica's first
-    probe waits up to 2 s for it, then answers with ``fallback``, the configured model). Not ready (503) when a
-    deployment has no running replica, or when no check has answered for ``stale_s``."""
+    """``/readyz`` without queueing behind request work. A background loop (started with the replica) checks every
+    ``refresh_s``: Serve's controller says whether every deployment has a running replica (its health checks keep
+    that current; asking it never waits in a deployment's request queue, which a burst fills). A probe is answered
+    at once from the last check when that said ready; a "not ready" is confirmed by a fresh check first (up to
+    ``confirm_s``), so a replica that just came up, or an application that just became ready, is not reported down
+    from an old answer. The model description comes from a call through every deployment, in the background (a new
+    replica's first check waits up to 2 s for it, then answers with ``fallback``, the configured model). Not ready
+    (503) when a deployment has no running replica, or when no check has answered for ``stale_s``."""
 
     def __init__(self, backends: GraphBackends, fallback: Any = None, refresh_s: float = 2.0, stale_s: float = 15.0,
-                 describe_every_s: float = 10.0, replicas_missing: Callable[[], list[str]] | None = None):
+                 describe_every_s: float = 10.0, confirm_s: float = 10.0,
+                 replicas_missing: Callable[[], list[str]] | None = None):
         self.backends = backends
         self.fallback = fallback  # what a new replica answers while the graph is too busy to describe its model
         self.refresh_s = refresh_s
         self.stale_s = stale_s
-        self.replicas_missing = replicas_missing or _deployments_without_a_running_replica
+        self.describe_every_s = describe_every_s
+        self.confirm_s = confirm_s
+        downstream_names = [backends.segmenter.deployment_name, backends.transcriber.deployment_name,
+                            backends.aligner.deployment_name] if replicas_missing is None else []
+        self.replicas_missing = replicas_missing or (lambda: _deployments_without_a_running_replica(downstream_names))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness")
         self._model: Any = None
         self._missing: list[str] = []
         self._answered_at = float("-inf")
+        self._error: str | None = "not checked yet"  # None after a check answered
         self._checking: asyncio.Task | None = None
-        self._error = "not checked yet"
-        self.describe_every_s = describe_every_s
+        self._refreshing: asyncio.Task | None = None
         self._described_at = float("-inf")
         self._describing: asyncio.Task | None = None
 
     def prepare(self) -> None:
-        """Start the first check now (on the running loop), before any probe asks."""
-        if self._checking is None:
-            self._checking = asyncio.get_running_loop().create_task(self._check())
+        """Start the background checks (on the running loop), before any probe asks; again if they ever ended."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def check(self) -> Any:
         """The model description; raises ``NotReady`` saying why not."""
-        if (self._checking is None or self._checking.done()) and time.monotonic() - self._answered_at > self.refresh_s:
-            self._checking = asyncio.create_task(self._check())
-        if self._model is None and self._checking is not None:
-            await asyncio.wait({self._checking}, timeout=10)
-        if self._model is None or time.monotonic() - self._answered_at > self.stale_s:
-            raise NotReady(self._error)
+        self.prepare()
+        if not self._ready_now():
+            await asyncio.wait({self._fresh_check()}, timeout=self.confirm_s)
+        if self._model is None or self._stale():
+            raise NotReady(self._error or f"no readiness check answered in the last {self.stale_s:g} s")
         if self._missing:
             raise NotReady(f"no running replica of {', '.join(self._missing)}")
         return self._model
+
+    def _ready_now(self) -> bool:
+        return self._model is not None and not self._missing and not self._stale()
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._answered_at > self.stale_s
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.wait({self._fresh_check()})
+            await asyncio.sleep(self.refresh_s)
+
+    def _fresh_check(self) -> asyncio.Task:
+        """The check under way, or a new one: probes and the loop share it."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.get_running_loop().create_task(self._check())
+        return self._checking
 
     async def _check(self) -> None:
         try:
@@ -185,6 +208,7 @@ class Readiness:
             if self._model is None:  # a busy graph: the controller's view is the answer, with the configured model
                 self._model = self.fallback
             self._answered_at = time.monotonic()
+            self._error = None
         except Exception as exc:  # noqa: BLE001 - the probe reports it
             self._error = f"the deployments did not answer: {type(exc).__name__}"
 
@@ -202,12 +226,18 @@ class NotReady(Exception):
     pass
 
 
-def _deployments_without_a_running_replica() -> list[str]:
+def _deployments_without_a_running_replica(names: list[str]) -> list[str]:
+    """Of ``names``, those of this application's deployments with no running replica, in the controller's view. The
+    controller's list of running replicas (small records), not ``serve.status()``: that validates every
+    application's full details on this replica's threads, and taking ~0.6 s of the GIL every check stalled the
+    Ingress's event loop for seconds under a burst."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    status = serve.status().applications[serve.get_replica_context().app_name]
-    return sorted(name for name, deployment in status.deployments.items()
-                  if deployment.replica_states.get("RUNNING", 0) < 1)
+    app = serve.get_replica_context().app_name
+    running = ray.get(_get_global_client()._controller._all_running_replicas.remote(), timeout=30)
+    serving = {deployment.name for deployment, replicas in running.items() if deployment.app_name == app and replicas}
+    return sorted(set(names) - serving)
 
 
 async def _gather(*calls: DeploymentResponse) -> list:

@@ -78,18 +78,18 @@ class Ingress:
         configure_access(settings.api_key.get_secret_value() if settings.api_key else None, settings.cors_origins)
         self.jobs = Jobs(self.pipeline, self.catalog, settings, owner=f"{socket.gethostname()}:{os.getpid()}")
         self._job_loop: asyncio.Task | None = None
-        self._run_jobs()
+        self._run_background_loops()
 
-    def _run_jobs(self) -> None:
-        """The replica's job loop (started with the replica; restarted by the health check should it ever end), and
-        its first readiness check, so that a replica added under load has an answer before its first probe."""
-        if self._job_loop is None or self._job_loop.done():
-            with contextlib.suppress(RuntimeError):  # no running loop (outside a replica)
+    def _run_background_loops(self) -> None:
+        """The replica's job loop and its readiness checks: started with the replica (so that a replica added under
+        load has an answer before its first probe), restarted by the health check should either ever end."""
+        with contextlib.suppress(RuntimeError):  # no running loop (outside a replica)
+            if self._job_loop is None or self._job_loop.done():
                 self._job_loop = asyncio.get_running_loop().create_task(self.jobs.run_forever())
-                self.readiness.prepare()
+            self.readiness.prepare()
 
     async def check_health(self) -> None:
-        self._run_jobs()
+        self._run_background_loops()
 
     @contextlib.asynccontextmanager
     async def _request(self, route: str) -> AsyncIterator[Admitted]:

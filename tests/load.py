@@ -109,3 +109,11 @@ def running_replicas(app: str, deployment: str) -> int:
 
     status = serve.status().applications[app].deployments[deployment]
     return status.replica_states.get("RUNNING", 0)
+
+
+def running_replica_names(app: str, deployment: str) -> set[str]:
+    """The actor names of the deployment's replicas that Serve's controller reports RUNNING."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"][app]["deployments"][deployment]
+    return {replica["actor_name"] for replica in details["replicas"] if replica["state"] == "RUNNING"}

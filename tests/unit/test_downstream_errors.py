@@ -104,3 +104,37 @@ def test_a_new_replica_is_ready_by_the_controllers_view_while_the_graph_is_too_b
         return await fresh.check()
 
     assert asyncio.run(scenario()) == {"id": "configured"}
+
+
+
+def test_readiness_keeps_checking_while_no_one_probes():
+    """An application that no one probed for longer than ``stale_s`` is ready at its next probe, answered at once."""
+    from deployments.backends import Readiness
+
+    async def scenario():
+        asked = []
+        readiness = Readiness(SlowGraph(delay_s=0.01), refresh_s=0.05, stale_s=0.2,
+                              replicas_missing=lambda: asked.append(1) or [])
+        readiness.prepare()
+        await asyncio.sleep(0.6)
+        checks_while_idle = len(asked)
+        return checks_while_idle, await readiness.check(), len(asked) == checks_while_idle
+
+    checks_while_idle, model, answered_from_the_last_check = asyncio.run(scenario())
+    assert checks_while_idle >= 5 and model == {"id": "m"} and answered_from_the_last_check
+
+
+def test_a_not_ready_answer_is_confirmed_by_a_fresh_check():
+    """A deployment missing at the last check but running now (the application just became ready) is not reported
+    missing from that old answer."""
+    from deployments.backends import Readiness
+
+    async def scenario():
+        missing = ["Transcriber"]
+        readiness = Readiness(SlowGraph(delay_s=0.01), refresh_s=60, replicas_missing=lambda: list(missing))
+        readiness.prepare()
+        await asyncio.sleep(0.1)  # the loop's answer: no Transcriber; its next check is a minute away
+        missing.clear()
+        return await readiness.check()
+
+    assert asyncio.run(scenario()) == {"id": "m"}

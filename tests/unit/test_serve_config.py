@@ -29,6 +29,10 @@ def test_serve_config_is_valid(monkeypatch):
     assert batching == BatchSettings(max_batch_size=4, batch_ms=15)  # the seed's
     # every segment of several long files in flight fits in the replica (no backlog in the callers' routers)
     assert transcriber.max_ongoing_requests >= 1024 >= batching.max_batch_size
+    # the proxy never queues a probe behind requests admission would refuse: every one reaches a replica
+    ingress = deployments["Ingress"]
+    admitted = settings.admission.max_requests + settings.stream.max_streams
+    assert ingress.max_ongoing_requests >= 4 * admitted, (ingress.max_ongoing_requests, admitted)
 
 
 def test_the_proxy_never_ends_a_live_socket():
