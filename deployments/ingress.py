@@ -1,7 +1,7 @@
 """Ingress deployment: the HTTP routes, the WebSocket streams and the Python handle API, each a thin method.
 
 What a request goes through lives in ``deployments.speech.pipeline`` (Ray-free), the WebSocket protocol in
-``deployments.stream_connection``, the calls to the other deployments in ``deployments.backends``.
+``deployments.protocols.stream_connection``, the calls to the other deployments in ``deployments.backends``.
 """
 
 # (no ``from __future__ import annotations``: FastAPI must see the route parameters' real types through Ray's
@@ -18,14 +18,14 @@ from starlette.background import BackgroundTask
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.access import AccessMiddleware, configure_access
+from deployments.protocols.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends, Readiness
-from deployments.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
+from deployments.protocols.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
                                   OPENAI_RESPONSES, install_error_handlers, install_openapi_components,
                                   json_responses, openai_response, read_body, read_job_submit, read_upload)
-from deployments.listen_connection import ListenConnection
+from deployments.protocols.listen_connection import ListenConnection
 from deployments.metrics import IngressMetrics, RequestTiming
-from deployments.realtime_connection import RealtimeConnection
+from deployments.protocols.realtime_connection import RealtimeConnection
 from deployments.speech import deepgram, formats
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.admission import Admission, Ticket
@@ -35,7 +35,7 @@ from deployments.speech.pipeline import AudioInput, LoadedAudio, TranscriptionPi
 from deployments.speech.protocol import DoneEvent, LegacyRequest, OpenAIRequest, event_dict, sse_frame
 from deployments.speech.schemas import TranscriptionResult
 from deployments.speech.settings import AppSettings
-from deployments.stream_connection import StreamConnection, StreamSlots
+from deployments.protocols.stream_connection import StreamConnection, StreamSlots
 
 api = FastAPI(title="Parakeet speech-to-text", version="1.0",
               description="OpenAI-compatible transcription with NVIDIA Parakeet-TDT-0.6B-v2 on Ray Serve.")

@@ -61,11 +61,18 @@ def build(out: Path, python: str | None, platform: str | None) -> int:
     if platform:
         target += ["--platform", platform]
     pip = [sys.executable, "-m", "pip"]
-    for requirement in pinned_requirements():  # one by one: a package with no wheel for the target is built here instead
+    wanted = pinned_requirements()
+    while wanted:  # all in one pip call (one each took minutes); a package with no wheel is built here instead
         fetched = subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", *target,
-                                  "--dest", str(out), requirement], capture_output=True, text=True)
-        if fetched.returncode != 0:  # an sdist-only package: pure Python, so its wheel fits any platform
-            subprocess.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(out), requirement], check=True)
+                                  "--dest", str(out), *wanted], capture_output=True, text=True)
+        if fetched.returncode == 0:
+            break
+        missing = re.search(r"No matching distribution found for (\S+)", fetched.stderr)
+        if missing is None or missing.group(1) not in wanted:
+            raise SystemExit(f"pip download failed:\n{fetched.stderr[-2000:]}")
+        # an sdist-only package: pure Python, so its wheel fits any platform
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(out), missing.group(1)], check=True)
+        wanted.remove(missing.group(1))
     subprocess.run([*pip, "download", "-q", "--only-binary=:all:", *target, "--dest", str(out), torch_pin()],
                    check=True)
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(ROOT)], check=True)

@@ -1,6 +1,6 @@
 """Deepgram's listen API, the subset voice-agent frameworks use (Pipecat's ``DeepgramSTTService``, LiveKit's
 ``deepgram.STT``): the query parameters, the client's control messages and the server's messages (Ray-free;
-``deployments/listen_connection.py`` runs a WebSocket, the Ingress the pre-recorded POST).
+``deployments/protocols/listen_connection.py`` runs a WebSocket, the Ingress the pre-recorded POST).
 
 Honoured query parameters: ``encoding`` (``linear16``), ``sample_rate``, ``channels`` (interleaved; mixed down),
 ``interim_results``, ``endpointing`` (ms, or ``false``: onto the stream's turn pause), ``vad_events``

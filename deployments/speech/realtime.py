@@ -1,5 +1,5 @@
 """OpenAI's Realtime transcription protocol, the parts that need no socket: the session and its updates, input
-audio formats, and the server events (Ray-free; ``deployments/realtime_connection.py`` runs a connection).
+audio formats, and the server events (Ray-free; ``deployments/protocols/realtime_connection.py`` runs a connection).
 
 A transcription session (``GET /v1/realtime?intent=transcription``) is the same live pipeline as
 ``/v1/audio/stream``; the session's ``server_vad`` turn detection maps onto our VAD:

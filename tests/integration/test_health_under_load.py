@@ -2,14 +2,16 @@
 Retry-After while it is shed, as the OpenAI SDK does), while a prober reads /healthz and /readyz. Every request is
 served in the end, the only refusals are 429s, and every probe is answered 200.
 
-The probes are held to p90 < 1.5 s and p99 < 8 s, not the 1 s p99 a Kubernetes probe allows: on this 2-core
-machine, with the load generator on it too, the node itself is saturated. Measured over eight runs: ours p90
-0.12-0.88 s, p99 1.2-4.1 s (/healthz) and up to 5.2 s (/readyz); Ray Serve's own proxy endpoint (``/-/healthz``,
-which never reaches a replica), read beside them, p99 0.35-1.35 s."""
+The probes are read from a process of their own, as a kubelet reads them, and held to p90 < 1.5 s and p99 < 6 s,
+not the 1 s p99 a Kubernetes probe allows: on this 2-core machine, with the load generator on it too, the node is
+saturated. Measured (this prober): p90 0.4 s, p99 2.2-2.8 s for ours; Ray Serve's own proxy endpoint
+(``/-/healthz``, which never reaches a replica), read beside them, p99 0.23 s. Before the readiness check stopped
+calling ``serve.status()`` and the Ingress's ``max_ongoing_requests`` went from 128 to 1024: p99 7.3-9.7 s."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import time
 
@@ -37,31 +39,32 @@ def wait_until_ready(app) -> None:
         time.sleep(0.5)
 
 
+def probe_until(urls: list[str], stop, found) -> None:
+    """The prober, in a process of its own as a kubelet is: each probe URL in turn, every 0.1 s, until ``stop``;
+    ``(url, seconds, status, body)`` for each into ``found``."""
+    with httpx.Client(timeout=30) as prober:
+        while not stop.is_set():
+            for url in urls:
+                started = time.perf_counter()
+                response = prober.get(url)
+                found.put((url, time.perf_counter() - started, response.status_code, response.text[:200]))
+            time.sleep(0.1)
+
+
 def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
     wait_until_ready(app)
     rng = random.Random(60)
     files = [encode(phrase_recording(p, voice=i % 4, rng=rng).audio) for i, p in enumerate(random_phrases(rng, 20))]
     # (/-/healthz: Ray Serve's proxy answers it itself; the control that shows how saturated the node is)
-    probes: dict[str, list[float]] = {"/healthz": [], "/readyz": [], "/-/healthz": []}
+    paths = {"/healthz": app.url + "/healthz", "/readyz": app.url + "/readyz",
+             "/-/healthz": app.url.rsplit("/", 1)[0] + "/-/healthz"}
+    probes: dict[str, list[float]] = {path: [] for path in paths}
     statuses: list[int] = []
     bad: list[str] = []
 
     async def burst() -> None:
-        done = asyncio.Event()
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as clients, \
-                httpx.AsyncClient(timeout=30) as prober:
-            async def probe() -> None:
-                while not done.is_set():
-                    for path, latencies in probes.items():
-                        started = time.perf_counter()
-                        base = app.url.rsplit("/", 1)[0] if path.startswith("/-/") else app.url
-                        response = await prober.get(base + path)
-                        latencies.append(time.perf_counter() - started)
-                        if response.status_code != 200:
-                            bad.append(f"{path}: {response.status_code} {response.text[:200]}")
-                    await asyncio.sleep(0.1)
-
+        async with httpx.AsyncClient(timeout=300, limits=limits) as clients:
             slots = asyncio.Semaphore(CONCURRENCY)
 
             async def one(i: int) -> None:
@@ -75,12 +78,23 @@ def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
                             break
                         await asyncio.sleep(int(response.headers["Retry-After"]))
 
-            prober_task = asyncio.create_task(probe())
             await asyncio.gather(*[one(i) for i in range(REQUESTS)])
-            done.set()
-            await prober_task
 
-    asyncio.run(burst())
+    spawn = multiprocessing.get_context("spawn")
+    stop, found = spawn.Event(), spawn.Queue()
+    prober = spawn.Process(target=probe_until, args=(list(paths.values()), stop, found), daemon=True)
+    prober.start()
+    try:
+        asyncio.run(burst())
+    finally:
+        stop.set()
+        prober.join(timeout=60)
+    by_url = {url: path for path, url in paths.items()}
+    while not found.empty():
+        url, seconds, status, body = found.get()
+        probes[by_url[url]].append(seconds)
+        if status != 200:
+            bad.append(f"{by_url[url]}: {status} {body}")
     p99 = {path: float(np.percentile(latencies, 99)) for path, latencies in probes.items()}
     print("probe ms p50 / p90 / p99 / max:", {path: [round(float(np.percentile(latencies, q)) * 1000)
                                                    for q in (50, 90, 99, 100)] for path, latencies in probes.items()})
@@ -91,4 +105,4 @@ def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
     assert all(len(latencies) >= 10 for latencies in probes.values())
     p90 = {path: float(np.percentile(latencies, 90)) for path, latencies in probes.items()}
     assert p90["/healthz"] < 1.5 and p90["/readyz"] < 1.5, p90
-    assert p99["/healthz"] < 8.0 and p99["/readyz"] < 8.0, p99
+    assert p99["/healthz"] < 6.0 and p99["/readyz"] < 6.0, p99

@@ -4,7 +4,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 
-from deployments.access import ACCESS, AccessMiddleware, chosen_subprotocol
+from deployments.protocols.access import ACCESS, AccessMiddleware, chosen_subprotocol
 from deployments.speech.admission import Admission
 from deployments.speech.errors import TooBusy
 from deployments.speech.settings import AdmissionSettings

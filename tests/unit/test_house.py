@@ -79,7 +79,7 @@ def test_the_openapi_document_is_valid_and_describes_every_body():
 
 def test_realtime_server_events_are_typed():
     """The Realtime connection sends pydantic events (speech/realtime_events.py), never hand-built dicts."""
-    connection = ROOT / "deployments" / "realtime_connection.py"
+    connection = ROOT / "deployments" / "protocols" / "realtime_connection.py"
     stray = lines_matching(r"""\{\s*["']type["']\s*:""", [connection], set())
     assert not stray, "use a realtime_events model:\n" + "\n".join(stray)
 
@@ -98,3 +98,20 @@ def test_test_modules_share_helpers_and_one_app_factory():
     assert not imports, "move it to tests/helpers.py:\n" + "\n".join(imports)
     own_apps = lines_matching(r"\brun_app\(", tests, set())
     assert not own_apps, "use the module_app fixture:\n" + "\n".join(own_apps)
+
+
+def test_three_layers():
+    """The layout shows the layers: the Ray-free core (``deployments/speech``: neither Ray nor a web framework),
+    the protocol adapters (``deployments/protocols``: FastAPI / WebSockets, no Ray), and the Ray deployments at the
+    top, where only the Ingress touches the web framework (it serves the adapters' routes)."""
+    def importing(pattern: str, files) -> list[str]:
+        return [str(f.relative_to(ROOT)) for f in files
+                if re.search(rf"^\s*(import|from) ({pattern})\b", f.read_text(), re.MULTILINE)]
+
+    core = sorted((ROOT / "deployments" / "speech").glob("*.py"))
+    protocols = sorted((ROOT / "deployments" / "protocols").glob("*.py"))
+    top = sorted((ROOT / "deployments").glob("*.py"))
+    assert core and protocols and top
+    assert not importing("ray|fastapi|starlette", core)
+    assert not importing("ray", protocols)
+    assert importing("fastapi|starlette", top) == ["deployments/ingress.py"]

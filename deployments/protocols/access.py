@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from starlette.middleware.cors import CORSMiddleware
 
-from deployments.http_api import error_response
+from deployments.protocols.http_api import error_response
 from deployments.speech.errors import ApiError, Unauthorized
 
 OPEN_PATHS = ("/healthz", "/demo")  # liveness probes carry no key; the demo page holds none (it asks the user)

@@ -20,14 +20,14 @@ from typing import AsyncIterator
 import numpy as np
 from fastapi import WebSocketDisconnect
 
-from deployments.access import chosen_subprotocol, deny_websocket
+from deployments.protocols.access import chosen_subprotocol, deny_websocket
 from deployments.speech import audio as audio_io
 from deployments.speech import deepgram
 from deployments.speech.errors import ApiError, PayloadTooLarge
 from deployments.speech.live import Control, Finalize
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.protocol import FinalEvent, NothingToFinalize, PartialEvent, SpeechStarted
-from deployments.stream_connection import NORMAL, TRY_LATER, ClientGone, LiveSocket
+from deployments.protocols.stream_connection import NORMAL, TRY_LATER, ClientGone, LiveSocket
 
 log = logging.getLogger("ray.serve")
 KEEP_ALIVE, FINALIZE, CLOSE_STREAM = "KeepAlive", "Finalize", "CloseStream"

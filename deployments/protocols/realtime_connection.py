@@ -26,7 +26,7 @@ from typing import AsyncIterator, Awaitable, Callable, Optional
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
-from deployments.access import chosen_subprotocol
+from deployments.protocols.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import ModelCatalog
 from deployments.speech.errors import ApiError, InternalError, RealtimeError
@@ -40,7 +40,7 @@ from deployments.speech.realtime_events import (BufferCleared, BufferCommitted, 
                                                 TranscriptionCompleted, TranscriptionDelta, TranscriptionFailed,
                                                 error_event)
 from deployments.speech.settings import AppSettings
-from deployments.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
+from deployments.protocols.stream_connection import BAD_CONFIG, TRY_LATER, LiveSocket, StreamSlots
 
 log = logging.getLogger("ray.serve")
 _END = object()

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from deployments.access import chosen_subprotocol
+from deployments.protocols.access import chosen_subprotocol
 from deployments.speech import audio as audio_io
 from deployments.speech.catalog import Choice, ModelCatalog
 from deployments.speech.errors import ApiError, InvalidRequest, PayloadTooLarge, TooBusy
