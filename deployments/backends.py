@@ -151,9 +151,13 @@ class Readiness:
         self.stale_s = stale_s
         self.describe_every_s = describe_every_s
         self.confirm_s = confirm_s
-        downstream_names = [backends.segmenter.deployment_name, backends.transcriber.deployment_name,
-                            backends.aligner.deployment_name] if replicas_missing is None else []
-        self.replicas_missing = replicas_missing or (lambda: _deployments_without_a_running_replica(downstream_names))
+        if replicas_missing is None:  # the graph's other deployments (an Ingress that answers is running)
+            names = [backends.segmenter.deployment_name, backends.transcriber.deployment_name,
+                     backends.aligner.deployment_name]
+
+            def replicas_missing() -> list[str]:
+                return _deployments_without_a_running_replica(names)
+        self.replicas_missing = replicas_missing
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness")
         self._model: Any = None
         self._missing: list[str] = []

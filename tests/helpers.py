@@ -77,7 +77,6 @@ def kill_one_replica(app_name: str, deployment: str) -> None:
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
 
-
 def bound_options(application) -> dict:
     """Each deployment's options as build_app bound them, by name (Ingress.bind(segmenter, transcriber, aligner))."""
     ingress = application._bound_deployment

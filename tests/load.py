@@ -104,16 +104,13 @@ def seconds(value: float | None) -> str:
     return "never (timed out)" if value is None else f"{value:.1f} s"
 
 
-def running_replicas(app: str, deployment: str) -> int:
-    from ray import serve
-
-    status = serve.status().applications[app].deployments[deployment]
-    return status.replica_states.get("RUNNING", 0)
-
-
 def running_replica_names(app: str, deployment: str) -> set[str]:
     """The actor names of the deployment's replicas that Serve's controller reports RUNNING."""
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()["applications"][app]["deployments"][deployment]
     return {replica["actor_name"] for replica in details["replicas"] if replica["state"] == "RUNNING"}
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    return len(running_replica_names(app, deployment))

@@ -4,7 +4,7 @@ served in the end, the only refusals are 429s, and every probe is answered 200.
 
 The probes are read from a process of their own, as a kubelet reads them, and held to p90 < 1.5 s and p99 < 6 s,
 not the 1 s p99 a Kubernetes probe allows: on this 2-core machine, with the load generator on it too, the node is
-saturated. Measured (this prober): p90 0.4 s, p99 2.2-2.8 s for ours; Ray Serve's own proxy endpoint
+saturated. Measured (this prober): p90 0.4 s, p99 2.2-4.8 s for ours; Ray Serve's own proxy endpoint
 (``/-/healthz``, which never reaches a replica), read beside them, p99 0.23 s. Before the readiness check stopped
 calling ``serve.status()`` and the Ingress's ``max_ongoing_requests`` went from 128 to 1024: p99 7.3-9.7 s."""
 
