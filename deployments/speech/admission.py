@@ -4,15 +4,26 @@ A request over either bound is refused at once (429 with Retry-After), instead o
 out. Long files may fill only a share of the audio budget, so short requests still get in while long files queue;
 a single file longer than the whole budget is still admitted when nothing else is in flight (``limits`` bound how
 long a file may be). Live streams have their own bound (``stream.max_streams``), so files never starve them.
+
+A refusal's ``Retry-After`` is the time this replica needs to finish the audio it has already admitted, at the rate
+it finished audio lately: under a burst, refused clients come back when there is room rather than every two seconds
+(a storm of refusals costs the replica's event loop what its health probes need). It is jittered, so the clients
+refused together do not come back as one wave.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from typing import Iterator
+import math
+import random
+import time
+from typing import Callable, Iterator
 
 from .errors import TooBusy
 from .settings import AdmissionSettings
+
+DRAIN_WINDOW_S = 10.0  # the finished audio the drain rate is measured over: long enough to span several batches
 
 
 class Ticket:
@@ -39,12 +50,25 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, settings: AdmissionSettings):
+    def __init__(self, settings: AdmissionSettings, clock: Callable[[], float] = time.monotonic,
+                 jitter: Callable[[], float] = random.random):
         self.settings = settings
         self.requests = 0
         self.audio_s = 0.0
         self.long_audio_s = 0.0
         self.shed = 0
+        self._clock, self._jitter = clock, jitter
+        self._finished: collections.deque[tuple[float, float]] = collections.deque()  # (when, audio seconds)
+        self._finished_s = 0.0  # their sum
+
+    def retry_after_s(self) -> int:
+        """When a refused client should come back: the admitted audio's drain time (twice the shortest while
+        nothing has finished lately, as at a burst's start), jittered down by up to half, within
+        ``[retry_after_s, max_retry_after_s]``."""
+        rate = self._forget_before(self._clock() - DRAIN_WINDOW_S) / DRAIN_WINDOW_S
+        low, high = self.settings.retry_after_s, self.settings.max_retry_after_s
+        drain_s = self.audio_s / rate if rate > 1e-9 else 2 * low
+        return max(low, min(high, math.ceil(drain_s * (1 - self._jitter() / 2))))
 
     @contextlib.contextmanager
     def request(self) -> Iterator[Ticket]:
@@ -61,7 +85,20 @@ class Admission:
         if not ticket.kept:
             ticket.release()
 
+    def _forget_before(self, since: float) -> float:
+        """Drop the finished audio older than ``since``; the sum of the rest."""
+        while self._finished and self._finished[0][0] < since:
+            self._finished_s -= self._finished.popleft()[1]
+        if not self._finished:
+            self._finished_s = 0.0  # no float residue
+        return self._finished_s
+
     def _give_back(self, ticket: Ticket) -> None:
+        if ticket.audio_s > 0:
+            now = self._clock()
+            self._finished.append((now, ticket.audio_s))
+            self._finished_s += ticket.audio_s
+            self._forget_before(now - DRAIN_WINDOW_S)
         self.requests -= 1
         self.audio_s -= ticket.audio_s
         if ticket.long:
@@ -86,4 +123,4 @@ class Admission:
 
     def _refuse(self, message: str) -> None:
         self.shed += 1
-        raise TooBusy(message, self.settings.retry_after_s)
+        raise TooBusy(message, self.retry_after_s())

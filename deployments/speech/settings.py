@@ -77,7 +77,19 @@ class AdmissionSettings(BaseModel):
     long_file_s: float = Field(300.0, gt=0, description="a request with more audio than this is a long file")
     long_files_share: float = Field(0.75, gt=0, le=1, description="long files may fill at most this share of "
                                                                   "max_audio_s, so short requests still get in")
-    retry_after_s: int = Field(2, ge=1, description="the Retry-After a refused request gets")
+    retry_after_s: int = Field(2, ge=1, description="the shortest Retry-After a refused request gets (up to twice "
+                                                   "this until this replica has finished audio to measure a rate)")
+    max_retry_after_s: int = Field(30, ge=1, description="the longest: a refused request is told to come back when "
+                                                         "the audio admitted before it is done, at the rate this "
+                                                         "replica finished audio over the last 10 s, within these "
+                                                         "bounds")
+
+    @model_validator(mode="after")
+    def _retry_after_bounds(self) -> "AdmissionSettings":
+        if self.max_retry_after_s < self.retry_after_s:
+            raise ValueError(f"admission.max_retry_after_s ({self.max_retry_after_s}) is below "
+                             f"admission.retry_after_s ({self.retry_after_s})")
+        return self
 
 
 class TurnRules(BaseModel):

@@ -1,12 +1,15 @@
 """Health under a real burst, on the shipped config: 400 short requests, 200 at a time (each sent again after
 Retry-After while it is shed, as the OpenAI SDK does), while a prober reads /healthz and /readyz. Every request is
-served in the end, the only refusals are 429s, and every probe is answered 200.
+served in the end, the only refusals are 429s, every probe is answered 200, and within a second (p99), the
+default timeout of a Kubernetes probe.
 
-The probes are read from a process of their own, as a kubelet reads them, and held to p90 < 1.5 s and p99 < 6 s,
-not the 1 s p99 a Kubernetes probe allows: on this 2-core machine, with the load generator on it too, the node is
-saturated. Measured (this prober): p90 0.4 s, p99 2.2-4.8 s for ours; Ray Serve's own proxy endpoint
-(``/-/healthz``, which never reaches a replica), read beside them, p99 0.23 s. Before the readiness check stopped
-calling ``serve.status()`` and the Ingress's ``max_ongoing_requests`` went from 128 to 1024: p99 7.3-9.7 s."""
+The probes are read from a process of their own, as a kubelet reads them. Measured here (2 cores, the load
+generator on them too): p99 0.5-0.6 s for ours; Ray Serve's own proxy endpoint (``/-/healthz``, which never reaches
+a replica), read beside them, p99 0.03 s. What it took: a refused request is told to come back when the audio
+admitted before it is done (``Admission.retry_after_s``: 260 refusals in this burst); with a fixed 2 s Retry-After
+the refused clients came back ~1,200 times, each refusal a trip through Serve's request path on the Ingress, and the
+probes' p99 was 3-4 s. Before the readiness check stopped calling ``serve.status()`` and the Ingress's
+``max_ongoing_requests`` went from 128 to 1024: p99 7.3-9.7 s."""
 
 from __future__ import annotations
 
@@ -103,6 +106,6 @@ def test_probes_answer_within_a_second_while_200_clients_saturate_the_node(app):
     assert statuses.count(200) == REQUESTS and set(statuses) <= {200, 429}, sorted(set(statuses))
     assert not bad, bad[:5]
     assert all(len(latencies) >= 10 for latencies in probes.values())
-    p90 = {path: float(np.percentile(latencies, 90)) for path, latencies in probes.items()}
-    assert p90["/healthz"] < 1.5 and p90["/readyz"] < 1.5, p90
-    assert p99["/healthz"] < 6.0 and p99["/readyz"] < 6.0, p99
+    assert p99["/healthz"] < 1.0 and p99["/readyz"] < 1.0, p99
+    # the refused clients came back when told to, not every 2 s (~1,200 refusals of 400 requests before)
+    assert statuses.count(429) < 2 * REQUESTS, statuses.count(429)

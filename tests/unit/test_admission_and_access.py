@@ -52,6 +52,53 @@ def test_a_kept_ticket_is_released_once_by_its_owner():
     assert admission.requests == 0 and admission.audio_s == 0
 
 
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused_retry_after(admission: Admission) -> int:
+    with pytest.raises(TooBusy) as info:
+        with admission.request():
+            pass
+    return int(info.value.headers["Retry-After"])
+
+
+def test_retry_after_is_the_admitted_audios_drain_time_within_bounds():
+    """A refused client is told to come back when the audio ahead of it is done (at the rate the replica finished
+    audio in the last 10 s), not every 2 s: a storm of refusals is what starved the health probes."""
+    clock, jitter = Clock(), [0.0]
+    admission = Admission(AdmissionSettings(max_requests=3, retry_after_s=2, max_retry_after_s=30), clock=clock,
+                          jitter=lambda: jitter[0])
+    with admission.request() as a, admission.request() as b, admission.request() as c:
+        a.admit_audio(10), b.admit_audio(10), c.admit_audio(20)
+        assert refused_retry_after(admission) == 4  # nothing finished yet: twice the shortest ...
+        jitter[0] = 1.0
+        assert refused_retry_after(admission) == 2  # ... jittered (a burst's first refusals do not come back as one)
+        jitter[0] = 0.0
+    clock.now += 5  # (40 s of audio finished 5 s ago: 4 audio s/s over the window)
+    with admission.request() as a, admission.request() as b, admission.request() as c:
+        a.admit_audio(20), b.admit_audio(20), c.admit_audio(16)
+        assert refused_retry_after(admission) == 14  # 56 s of audio admitted / 4 per s
+        jitter[0] = 1.0
+        assert refused_retry_after(admission) == 7  # jittered down by up to half
+        jitter[0] = 0.0
+        clock.now += 6  # the finished audio is older than the window: nothing to go by
+        assert refused_retry_after(admission) == 4
+    assert admission._finished_s == 56 and len(admission._finished) == 3  # the old entries are forgotten
+    with admission.request() as a, admission.request() as b, admission.request() as c:
+        a.admit_audio(200), b.admit_audio(200), c.admit_audio(100)
+        assert refused_retry_after(admission) == 30  # 500 / 5.6 s: at most max_retry_after_s
+
+
+def test_the_retry_after_bounds_must_be_ordered():
+    with pytest.raises(ValueError, match="max_retry_after_s"):
+        AdmissionSettings(retry_after_s=10, max_retry_after_s=5)
+
+
 @pytest.fixture
 def client():
     app = FastAPI()
