@@ -83,6 +83,7 @@ class Transcriber:
         self.batches = 0  # Serve batches (they may hold several models' segments)
         self.items = 0
         self.items_by_priority = {priority: 0 for priority in PRIORITIES}  # segments transcribed, by kind of work
+        self.batches_by_priority = {priority: 0 for priority in PRIORITIES}  # Serve batches, by kind of work
         self.batch_sizes: dict[int, int] = {}
         self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
@@ -196,6 +197,7 @@ class Transcriber:
         self.batches += 1
         self.items += len(segments)
         self.items_by_priority[priority] += len(segments)
+        self.batches_by_priority[priority] += 1
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
         results: list[SegmentTokens | ItemFailure | None] = [None] * len(segments)
         for model_id in dict.fromkeys(model_ids):
@@ -215,17 +217,28 @@ class Transcriber:
             log.error("Model %s could not be loaded: %s", model_id, exc)
             return [ItemFailure(ModelUnavailable(f"The model {model_id!r} could not be loaded on this replica."))
                     ] * len(segments)
+        items = list(zip(segments, keyterms or [None] * len(segments)))
+        arrivals = arrivals or []
+        # A job's batch is run as several smaller model calls, each queued on its own: live or synchronous work that
+        # comes meanwhile runs before the next one, so it never waits behind a whole batch of background work.
+        step = self.settings.jobs.segments_per_model_call if priority == "job" else len(items)
+        calls = [self._model_call(model_id, recognizer, items[i:i + step], priority, arrivals[i:i + step])
+                 for i in range(0, len(items), step)]
+        return [result for outcome in await asyncio.gather(*calls) for result in outcome]
+
+    def _model_call(self, model_id: str, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str,
+                    arrivals: list["Arrival"]) -> asyncio.Future:
+        """Queue one model call (planned once: the padding metric and the call use the same plan)."""
         sizes = self.model_batch_sizes.setdefault(model_id, {})
-        sizes[len(segments)] = sizes.get(len(segments), 0) + 1
-        self._metrics.batch_size.observe(len(segments), tags={"model": model_id})
-        self._metrics.audio_seconds.inc(sum(len(s) for s in segments) / SAMPLE_RATE, tags={"model": model_id})
-        lengths = [len(s) for s in segments]
-        plan = recognizer.plan_batches(lengths)  # once per model call: the padding metric and the call use it
+        sizes[len(items)] = sizes.get(len(items), 0) + 1
+        lengths = [len(segment) for segment, _ in items]
+        self._metrics.batch_size.observe(len(items), tags={"model": model_id})
+        self._metrics.audio_seconds.inc(sum(lengths) / SAMPLE_RATE, tags={"model": model_id})
+        plan = recognizer.plan_batches(lengths)
         if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
-        items = list(zip(segments, keyterms or [None] * len(segments)))
-        return await asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer,
-                                                            items, priority, arrivals or [], plan))
+        return asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer, items,
+                                                      priority, arrivals, plan))
 
     def _run_batch(self, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str = "file",
                    arrivals: list["Arrival"] = (), plan: list[list[int]] | None = None
@@ -248,7 +261,7 @@ class Transcriber:
     def stats(self) -> dict:
         """Batching and model counters for tests and operators (per replica)."""
         stats = {"batches": self.batches, "items": self.items, "items_by_priority": dict(self.items_by_priority),
-                 "batch_sizes": dict(self.batch_sizes),
+                 "batches_by_priority": dict(self.batches_by_priority), "batch_sizes": dict(self.batch_sizes),
                  "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
                  "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),

@@ -67,7 +67,7 @@ def deploy(module_app, digits_model, storage, receiver):
                       model=str(digits_model), jobs={
                           "storage": str(storage), "url_prefixes": [receiver.url + "/audio/", receiver.url + "/hooks/"],
                           "webhook_secret": SECRET, "webhook_retry_s": [1, 1, 1, 1, 1], "lease_s": 3, "poll_s": 0.5,
-                          "segments_in_flight": 2})
+                          "segments_in_flight": 2, "segments_per_model_call": 1})
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +187,35 @@ def test_urls_outside_the_allow_list_are_refused(app, short_wav, field, value):
     assert response.status_code == 400 and "allowed prefix" in response.json()["error"]["message"]
 
 
-def transcriber_job_items(app_name: str) -> int:
-    """Job segments the (one) Transcriber replica has taken into a model call."""
+def transcriber_stats(app_name: str) -> dict:
+    """The (one) Transcriber replica's counters."""
     from ray import serve
 
-    stats = serve.get_deployment_handle("Transcriber", app_name=app_name).stats.remote().result()
-    return stats["items_by_priority"]["job"]
+    return serve.get_deployment_handle("Transcriber", app_name=app_name).stats.remote().result()
+
+
+def transcriber_job_items(app_name: str) -> int:
+    """Job segments the Transcriber has taken into a model call."""
+    return transcriber_stats(app_name)["items_by_priority"]["job"]
+
+
+def test_a_jobs_batches_run_as_smaller_model_calls(app, long_audio):
+    """Other work waits behind at most one job model call of ``jobs.segments_per_model_call`` segments (1 in this
+    app, whose jobs have 2 segments in flight), not a whole Serve batch: each call is queued on its own, and more
+    urgent work that comes meanwhile runs first."""
+    from deployments.speech.model_queue import PRIORITIES
+
+    def job_counts() -> tuple[int, int, int]:
+        stats = transcriber_stats(APP)
+        return (stats["items_by_priority"]["job"], stats["batches_by_priority"]["job"],
+                stats["calls_started"][PRIORITIES["job"]])
+
+    before = job_counts()
+    wait(app, submit(app, encode(long_audio.audio))["id"])
+    items, batches, calls = (after - then for after, then in zip(job_counts(), before))
+    print(f"a job: {items} segments in {batches} Serve batches, {calls} model calls")
+    assert items > batches  # some of its Serve batches held two segments ...
+    assert calls == items  # ... and every segment was a model call of its own
 
 
 def test_a_cancelled_job_does_no_more_segment_work(app, long_audio):
