@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--short-s", type=float, default=60, help="the synchronous requests")
     parser.add_argument("--idle-requests", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="synchronous / job pairs of the long file")
+    parser.add_argument("--segments-per-model-call", type=int, default=None,
+                        help="jobs.segments_per_model_call (default: the shipped setting)")
+    parser.add_argument("--name", default=None, help="report name (default jobs-<model>-cpu)")
     args = parser.parse_args(argv)
     import httpx
 
@@ -44,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     shorts = [encode(synthetic_speech(args.short_s, seed=100 + i)) for i in range(4)]
     storage = tempfile.mkdtemp(prefix="parakeet-bench-jobs-")
     served = Served(model_path(args.model, Path("/tmp/parakeet-bench")), 4, 15, {})
-    served.deploy(jobs={"storage": storage, "poll_s": 0.2})
+    per_call = {} if args.segments_per_model_call is None else {
+        "segments_per_model_call": args.segments_per_model_call}
+    served.deploy(jobs={"storage": storage, "poll_s": 0.2, **per_call})
     client = httpx.Client(base_url=served.url, timeout=7200)
 
     def sync(wav: bytes, fields: dict) -> float:
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
               "short_idle_p50_ms": round(idle_p50 * 1000), "short_during_job_p50_ms": round(busy_p50 * 1000),
               "short_requests_during_job": len(busy), "during_job_over_idle": round(busy_p50 / idle_p50, 3),
               "interference_target": "<= 1.3"}
-    name = f"jobs-{Path(args.model).stem}-cpu"
+    name = args.name or f"jobs-{Path(args.model).stem}-cpu"
     save_report(name, report,
         f"# Jobs: a {args.minutes:g}-minute file, {args.short_s:g}-second synchronous requests\n\n"
         f"`{report['command']}`\n\n| row | measured | ratio | target |\n|---|---|---|---|\n"
