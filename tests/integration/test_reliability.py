@@ -126,7 +126,7 @@ def test_a_burst_past_capacity_is_shed_at_once_while_health_stays_fast(app, loca
         assert seconds < 5, "shed at once, not after waiting in a queue"
     p99 = float(np.percentile(health_ms, 99))
     print(f"burst: {statuses.count(200)} served, {len(shed)} shed; /healthz p99 {p99:.0f} ms")
-    assert p99 < 1000
+    assert p99 < 600  # measured here: 218 ms (a 30-request burst; the 200-client one is test_health_under_load)
     # operators see the shedding: one count per refused request
     scrape = wait_for_metrics(local_ray.metrics_url, lambda s: shed_total(s) - shed_before >= len(shed))
     assert shed_total(scrape) - shed_before == len(shed)
