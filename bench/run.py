@@ -409,7 +409,7 @@ def two_models(served: Served, second_path: str, audio: np.ndarray, count: int) 
         single.append(throughput(["first"] * count))
         both.append(throughput(mixed))
     load_s = served.handles["Transcriber"].stats.remote().result()["load_seconds"].get("second")
-    served.deploy()
+    # (the two-model app stays deployed: this is the run's last served step, and a redeploy restarts every replica)
     return {"files": count, "single_model_x": round(statistics.median(single), 1),
             "mixed_two_models_x": round(statistics.median(both), 1),
             "mixed_over_single": round(statistics.median(both) / statistics.median(single), 3),
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
                 report["turn_latency"] = turn_latency(served, args.turn_sessions, args.turn_seconds)
             if args.live_streams:
                 report["live_streams"] = live_streams(served, args.live_streams, args.live_seconds)
-            if args.two_models:
+            if args.two_models:  # (last: it leaves the two-model app deployed)
                 report["two_models"] = two_models(served, second_copy(path, work), clips[0][1], args.two_models)
         finally:
             progress.close()
