@@ -20,9 +20,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.protocols.access import AccessMiddleware, configure_access
 from deployments.backends import GraphBackends, Readiness
-from deployments.protocols.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM, LISTEN_BODY, OPENAI_FORM,
-                                  OPENAI_RESPONSES, install_error_handlers, install_openapi_components,
-                                  json_responses, openai_response, read_body, read_job_submit, read_upload)
+from deployments.protocols.http_api import (CONFLICT, DEMO_PAGE, ERROR_RESPONSES, JOB_FORM, LEGACY_FORM,
+                                            LISTEN_BODY, OPENAI_FORM, OPENAI_RESPONSES, install_error_handlers,
+                                            install_openapi_components, json_responses, openai_response, read_body,
+                                            read_job_submit, read_upload)
 from deployments.protocols.listen_connection import ListenConnection
 from deployments.metrics import IngressMetrics, RequestTiming
 from deployments.protocols.realtime_connection import RealtimeConnection

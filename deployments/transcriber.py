@@ -80,10 +80,9 @@ class Transcriber:
         self.loaded: dict[str, LoadedModel] = {}
         self.load_seconds: dict[str, float] = {}
         self.evictions = 0
-        self.batches = 0  # Serve batches (they may hold several models' segments)
-        self.items = 0
         self.items_by_priority = {priority: 0 for priority in PRIORITIES}  # segments transcribed, by kind of work
-        self.batches_by_priority = {priority: 0 for priority in PRIORITIES}  # Serve batches, by kind of work
+        # Serve batches, by kind of work (a batch may hold several models' segments)
+        self.batches_by_priority = {priority: 0 for priority in PRIORITIES}
         self.batch_sizes: dict[int, int] = {}
         self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
@@ -194,8 +193,6 @@ class Transcriber:
         now = time.perf_counter()
         for arrival in arrivals:  # one batch of a queue runs at a time: its start is when the queue wait ends
             self._stages.observe("queue", now - arrival.at)
-        self.batches += 1
-        self.items += len(segments)
         self.items_by_priority[priority] += len(segments)
         self.batches_by_priority[priority] += 1
         self.batch_sizes[len(segments)] = self.batch_sizes.get(len(segments), 0) + 1
@@ -260,7 +257,8 @@ class Transcriber:
 
     def stats(self) -> dict:
         """Batching and model counters for tests and operators (per replica)."""
-        stats = {"batches": self.batches, "items": self.items, "items_by_priority": dict(self.items_by_priority),
+        stats = {"batches": sum(self.batches_by_priority.values()), "items": sum(self.items_by_priority.values()),
+                 "items_by_priority": dict(self.items_by_priority),
                  "batches_by_priority": dict(self.batches_by_priority), "batch_sizes": dict(self.batch_sizes),
                  "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),

@@ -59,13 +59,13 @@ class Admission:
         self.shed = 0
         self._clock, self._jitter = clock, jitter
         self._finished: collections.deque[tuple[float, float]] = collections.deque()  # (when, audio seconds)
-        self._finished_s = 0.0  # their sum
 
     def retry_after_s(self) -> int:
         """When a refused client should come back: the admitted audio's drain time (twice the shortest while
         nothing has finished lately, as at a burst's start), jittered down by up to half, within
         ``[retry_after_s, max_retry_after_s]``."""
-        rate = self._forget_before(self._clock() - DRAIN_WINDOW_S) / DRAIN_WINDOW_S
+        self._forget_before(self._clock() - DRAIN_WINDOW_S)
+        rate = sum(seconds for _, seconds in self._finished) / DRAIN_WINDOW_S
         low, high = self.settings.retry_after_s, self.settings.max_retry_after_s
         drain_s = self.audio_s / rate if rate > 1e-9 else 2 * low
         return max(low, min(high, math.ceil(drain_s * (1 - self._jitter() / 2))))
@@ -85,19 +85,15 @@ class Admission:
         if not ticket.kept:
             ticket.release()
 
-    def _forget_before(self, since: float) -> float:
-        """Drop the finished audio older than ``since``; the sum of the rest."""
+    def _forget_before(self, since: float) -> None:
+        """Drop the finished audio older than ``since`` (so the record holds at most the window's requests)."""
         while self._finished and self._finished[0][0] < since:
-            self._finished_s -= self._finished.popleft()[1]
-        if not self._finished:
-            self._finished_s = 0.0  # no float residue
-        return self._finished_s
+            self._finished.popleft()
 
     def _give_back(self, ticket: Ticket) -> None:
         if ticket.audio_s > 0:
             now = self._clock()
             self._finished.append((now, ticket.audio_s))
-            self._finished_s += ticket.audio_s
             self._forget_before(now - DRAIN_WINDOW_S)
         self.requests -= 1
         self.audio_s -= ticket.audio_s
