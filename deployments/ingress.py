@@ -78,15 +78,18 @@ class Ingress:
         self.admission = Admission(settings.admission)
         configure_access(settings.api_key.get_secret_value() if settings.api_key else None, settings.cors_origins)
         self.jobs = Jobs(self.pipeline, self.catalog, settings, owner=f"{socket.gethostname()}:{os.getpid()}")
-        self._job_loop: asyncio.Task | None = None
+        self._loops: dict[str, asyncio.Task] = {}
         self._run_background_loops()
 
     def _run_background_loops(self) -> None:
-        """The replica's job loop and its readiness checks: started with the replica (so that a replica added under
-        load has an answer before its first probe), restarted by the health check should either ever end."""
+        """The replica's job loop, its metrics flush and its readiness checks: started with the replica (so that a
+        replica added under load has an answer before its first probe), restarted by the health check should any
+        ever end."""
         with contextlib.suppress(RuntimeError):  # no running loop (outside a replica)
-            if self._job_loop is None or self._job_loop.done():
-                self._job_loop = asyncio.get_running_loop().create_task(self.jobs.run_forever())
+            loop = asyncio.get_running_loop()
+            for name, run in (("jobs", self.jobs.run_forever), ("metrics", self.metrics.buffer.flush_forever)):
+                if name not in self._loops or self._loops[name].done():
+                    self._loops[name] = loop.create_task(run())
             self.readiness.prepare()
 
     async def check_health(self) -> None:

@@ -37,7 +37,7 @@ OnText = Callable[[str, Optional[int]], Awaitable[None]]  # a segment's text and
 class Backends(Protocol):
     """The deployments the pipeline calls."""
 
-    def put(self, audio: np.ndarray) -> Any:
+    async def put(self, audio: np.ndarray) -> Any:
         """Store the audio once; what is returned is passed to ``segments`` and ``transcribe`` instead."""
 
     def segments(self, audio_ref: Any) -> AsyncIterator[list[SpeechSegment]]:
@@ -189,7 +189,7 @@ class TranscriptionPipeline:
         """One mono signal's segments and their tokens. Each segment goes to the model the moment VAD hands it out,
         so transcription overlaps VAD; the audio is stored once and every call carries the reference with its
         (start, end)."""
-        audio_ref = self.backends.put(samples)
+        audio_ref = await self.backends.put(samples)
 
         async def text_out(text: str) -> None:
             await on_text(text, channel)

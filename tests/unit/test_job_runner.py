@@ -31,7 +31,7 @@ class Deployments:
         self.calls: list[tuple[int, str]] = []  # (start second, priority), once transcribed
         self.issued = 0
 
-    def put(self, audio):
+    async def put(self, audio):
         return audio
 
     async def segments(self, audio_ref):

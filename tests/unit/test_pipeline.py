@@ -29,7 +29,7 @@ class FakeBackends:
         self.transcribed: list[tuple[int, int]] = []
         self.aligned = 0
 
-    def put(self, audio):
+    async def put(self, audio):
         return ("ref", len(audio))
 
     async def segments(self, audio_ref):
