@@ -8,7 +8,9 @@ long a file may be). Live streams have their own bound (``stream.max_streams``),
 A refusal's ``Retry-After`` is the time this replica needs to finish the audio it has already admitted, at the rate
 it finished audio lately: under a burst, refused clients come back when there is room rather than every two seconds
 (a storm of refusals costs the replica's event loop what its health probes need). It is jittered, so the clients
-refused together do not come back as one wave.
+refused together do not come back as one wave. The rate is measured over the time the replica has been busy (at
+most the last ``DRAIN_WINDOW_S``): over a fixed 10 s, a burst's first seconds read the idle time before it as
+slowness, and clients were told to wait up to 28 s for audio that was done in 3.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .errors import TooBusy
 from .settings import AdmissionSettings
 
 DRAIN_WINDOW_S = 10.0  # the finished audio the drain rate is measured over: long enough to span several batches
+MIN_DRAIN_SPAN_S = 1.0  # a rate is never measured over less (one request finishing at once is not a rate)
 
 
 class Ticket:
@@ -59,13 +62,16 @@ class Admission:
         self.shed = 0
         self._clock, self._jitter = clock, jitter
         self._finished: collections.deque[tuple[float, float]] = collections.deque()  # (when, audio seconds)
+        self._busy_since = self._clock()  # the start of the current stretch with requests in flight
 
     def retry_after_s(self) -> int:
         """When a refused client should come back: the admitted audio's drain time (twice the shortest while
-        nothing has finished lately, as at a burst's start), jittered down by up to half, within
-        ``[retry_after_s, max_retry_after_s]``."""
-        self._forget_before(self._clock() - DRAIN_WINDOW_S)
-        rate = sum(seconds for _, seconds in self._finished) / DRAIN_WINDOW_S
+        nothing has finished since the replica became busy, as at a burst's start), jittered down by up to half,
+        within ``[retry_after_s, max_retry_after_s]``."""
+        now = self._clock()
+        since = max(now - DRAIN_WINDOW_S, self._busy_since)
+        self._forget_before(since)
+        rate = sum(seconds for _, seconds in self._finished) / max(now - since, MIN_DRAIN_SPAN_S)
         low, high = self.settings.retry_after_s, self.settings.max_retry_after_s
         drain_s = self.audio_s / rate if rate > 1e-9 else 2 * low
         return max(low, min(high, math.ceil(drain_s * (1 - self._jitter() / 2))))
@@ -75,6 +81,8 @@ class Admission:
         if self.requests >= self.settings.max_requests:
             self._refuse(f"The service is at capacity ({self.settings.max_requests} requests in flight on this "
                          "replica); retry shortly.")
+        if self.requests == 0:
+            self._busy_since = self._clock()
         self.requests += 1
         ticket = Ticket(self)
         try:

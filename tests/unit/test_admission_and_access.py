@@ -69,29 +69,57 @@ def refused_retry_after(admission: Admission) -> int:
 
 def test_retry_after_is_the_admitted_audios_drain_time_within_bounds():
     """A refused client is told to come back when the audio ahead of it is done (at the rate the replica finished
-    audio in the last 10 s), not every 2 s: a storm of refusals is what starved the health probes."""
+    audio while busy, over at most the last 10 s), not every 2 s: a storm of refusals is what starved the health
+    probes."""
     clock, jitter = Clock(), [0.0]
     admission = Admission(AdmissionSettings(max_requests=3, retry_after_s=2, max_retry_after_s=30), clock=clock,
                           jitter=lambda: jitter[0])
-    with admission.request() as a, admission.request() as b, admission.request() as c:
-        a.admit_audio(10), b.admit_audio(10), c.admit_audio(20)
-        assert refused_retry_after(admission) == 4  # nothing finished yet: twice the shortest ...
-        jitter[0] = 1.0
-        assert refused_retry_after(admission) == 2  # ... jittered (a burst's first refusals do not come back as one)
-        jitter[0] = 0.0
-    clock.now += 5  # (40 s of audio finished 5 s ago: 4 audio s/s over the window)
-    with admission.request() as a, admission.request() as b, admission.request() as c:
-        a.admit_audio(20), b.admit_audio(20), c.admit_audio(16)
-        assert refused_retry_after(admission) == 14  # 56 s of audio admitted / 4 per s
-        jitter[0] = 1.0
-        assert refused_retry_after(admission) == 7  # jittered down by up to half
-        jitter[0] = 0.0
-        clock.now += 6  # the finished audio is older than the window: nothing to go by
-        assert refused_retry_after(admission) == 4
-    assert sorted(seconds for _, seconds in admission._finished) == [16, 20, 20]  # the old entries are forgotten
-    with admission.request() as a, admission.request() as b, admission.request() as c:
-        a.admit_audio(200), b.admit_audio(200), c.admit_audio(100)
-        assert refused_retry_after(admission) == 30  # 500 / 5.6 s: at most max_retry_after_s
+    with admission.request() as keeper:  # busy from t=1000 to the end
+        keeper.admit_audio(4)
+        with admission.request() as a, admission.request() as b:
+            a.admit_audio(10), b.admit_audio(10)
+            assert refused_retry_after(admission) == 4  # nothing finished yet: twice the shortest ...
+            jitter[0] = 1.0
+            assert refused_retry_after(admission) == 2  # ... jittered (refused together, not back together)
+            jitter[0] = 0.0
+            clock.now += 2
+        clock.now += 3  # 20 s of audio finished in the 5 s the replica has been busy: 4 audio s/s
+        with admission.request() as a, admission.request() as b:
+            a.admit_audio(20), b.admit_audio(16)
+            assert refused_retry_after(admission) == 10  # 40 s of audio admitted / 4 per s (not / 2 over 10 s)
+            jitter[0] = 1.0
+            assert refused_retry_after(admission) == 5  # jittered down by up to half
+            jitter[0] = 0.0
+            clock.now += 11  # the finished audio is older than the window: nothing to go by
+            assert refused_retry_after(admission) == 4
+        assert sorted(seconds for _, seconds in admission._finished) == [16, 20]  # the old entries are forgotten
+        with admission.request() as a, admission.request() as b:
+            a.admit_audio(200), b.admit_audio(200)
+            assert refused_retry_after(admission) == 30  # 404 / 3.6 per s: at most max_retry_after_s
+
+
+def test_a_bursts_rate_is_measured_from_when_the_replica_became_busy():
+    """The idle time before a burst is not slowness: 30 s of audio done in the 3 s since the burst began is 10 audio
+    s/s, not 3 over a 10 s window (which told clients to wait up to 28 s for work done in 3). What finished before
+    an idle spell is forgotten with it."""
+    clock = Clock()
+    admission = Admission(AdmissionSettings(max_requests=2, retry_after_s=2, max_retry_after_s=30), clock=clock,
+                          jitter=lambda: 0.0)
+    with admission.request() as earlier:
+        earlier.admit_audio(50)
+    clock.now += 20  # idle
+    with admission.request() as keeper:
+        keeper.admit_audio(60)
+        with admission.request() as first:
+            first.admit_audio(30)
+            clock.now += 3
+        with admission.request() as second:
+            second.admit_audio(40)
+            assert refused_retry_after(admission) == 10  # 100 s admitted / (30 s done in 3 s)
+    clock.now += 0.2
+    with admission.request() as a, admission.request() as b:
+        a.admit_audio(10), b.admit_audio(10)
+        assert refused_retry_after(admission) == 4  # a new burst: nothing finished since it began
 
 
 def test_the_retry_after_bounds_must_be_ordered():
