@@ -95,6 +95,12 @@ class Ingress:
     async def check_health(self) -> None:
         self._run_background_loops()
 
+    def __del__(self):
+        """Serve calls it when the replica stops (scale-down, redeploy): what the last second counted is recorded,
+        not dropped with the buffer."""
+        if hasattr(self, "metrics"):
+            self.metrics.buffer.take().record()
+
     @contextlib.asynccontextmanager
     async def _request(self, route: str) -> AsyncIterator[Admitted]:
         """Counted (metrics) and admitted (or refused at once with 429) before any work is done."""
