@@ -289,6 +289,75 @@ def replica_cpu_seconds(deployment: str) -> float:
     return total
 
 
+def every_replicas_stats(app_name: str, deployment: str) -> dict[str, dict]:
+    """``stats()`` of each running replica of ``deployment``, by replica id (the handle routes each call to one
+    replica: called until every running replica has answered)."""
+    from ray import serve
+
+    running = serve.status().applications[app_name].deployments[deployment].replica_states.get("RUNNING", 1)
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    answers: dict[str, dict] = {}
+    for _ in range(50 * running):
+        stats = handle.stats.remote().result()
+        answers[stats["replica"]] = stats
+        if len(answers) >= running:
+            break
+    return answers
+
+
+class NodeLoad:
+    """What a stretch of a bench cost this node: the share of its CPU time busy, each serving process's CPU seconds
+    (replicas summed by deployment, the proxy, the controller, this client) and the live VAD steps per Segmenter
+    call (every replica)."""
+
+    def __init__(self, app_name: str = "parakeet"):
+        import psutil
+
+        self.app_name = app_name
+        self.node = psutil.cpu_times()
+        self.processes = self._processes()
+        self.steps = self._steps()
+        self.started = time.perf_counter()
+
+    def summary(self) -> dict:
+        import psutil
+
+        wall = time.perf_counter() - self.started
+        idle = psutil.cpu_times().idle - self.node.idle
+        processes = self._processes()
+        steps, calls = (a - b for a, b in zip(self._steps(), self.steps))
+        return {"wall_s": round(wall, 1), "node_cpu_busy": round(1 - idle / wall / (os.cpu_count() or 1), 2),
+                "cpu_s": {name: round(seconds - self.processes.get(name, 0.0), 1)
+                          for name, seconds in sorted(processes.items(), key=lambda kv: kv[0])
+                          if seconds - self.processes.get(name, 0.0) >= 0.05},
+                "vad_steps_per_segmenter_call": round(steps / max(1, calls), 2)}
+
+    def _steps(self) -> tuple[int, int]:
+        replicas = every_replicas_stats(self.app_name, "Segmenter").values()
+        return sum(r["live_steps"] for r in replicas), sum(r["live_batches"] for r in replicas)
+
+    def _processes(self) -> dict[str, float]:
+        import psutil
+
+        found: dict[str, float] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                command = " ".join(proc.info["cmdline"] or [])
+                if proc.pid == os.getpid():
+                    name = "client"
+                elif "ray::ServeReplica:" in command:
+                    name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+                elif "ray::ProxyActor" in command or "ray::ServeController" in command:
+                    name = command.split("ray::", 1)[1].split()[0]
+                else:
+                    continue
+                times = proc.cpu_times()
+                found[name] = found.get(name, 0.0) + times.user + times.system
+            except psutil.Error:
+                continue
+        return found
+
+
 def live_streams(served: Served, count: int, seconds: float) -> list[dict]:
     """``count`` concurrent live streams (1024-byte frames, as fast as possible) with 1 and then 2 Segmenter
     replicas: wall time, throughput, and CPU seconds per audio second on the Ingress and the Segmenters."""

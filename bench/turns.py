@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech
-from bench.run import RESULTS, Served, model_path
+from bench.run import RESULTS, NodeLoad, Served, model_path
 
 FRAME_S = 0.02
 QUIET_S = 1.6
@@ -183,13 +183,15 @@ def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize
     async def everyone() -> list[list[float]]:
         return await asyncio.gather(*[run_session(url, plan, config, finalize_after_s) for plan in plans])
 
+    load = NodeLoad()
     try:
         latencies = [v for per in asyncio.run(everyone()) for v in per]
+        cost = load.summary()
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=600)
-    return {"sessions": sessions, "utterances": len(latencies), **percentiles(latencies)}
+    return {"sessions": sessions, "utterances": len(latencies), **percentiles(latencies), **cost}
 
 
 def partial_cost(served: Served, lengths: list[float]) -> list[dict]:
@@ -320,10 +322,20 @@ def splits(served: Served, pause_ms: int) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# Live turns: {report['name']}", "", f"`{report['command']}` ({report['machine']})", "",
              "Time to final transcript from the true end of speech (ms):", "",
-             "| row | sessions | utterances | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
+             "| row | sessions | utterances | p50 | p95 | p99 | node CPU busy | VAD steps / Segmenter call |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in report["ttfs"]:
         lines.append(f"| {row['row']} | {row['sessions']} | {row.get('n', 0)} | {row.get('p50_ms')} | "
-                     f"{row.get('p95_ms')} | {row.get('p99_ms')} |")
+                     f"{row.get('p95_ms')} | {row.get('p99_ms')} | {row.get('node_cpu_busy')} | "
+                     f"{row.get('vad_steps_per_segmenter_call')} |")
+    processes = sorted({name for row in report["ttfs"] for name in row.get("cpu_s", {})})
+    if processes:
+        lines += ["", "CPU seconds by process over each row (the node has os.cpu_count() x wall seconds):", "",
+                  "| row | sessions | wall s | " + " | ".join(processes) + " |",
+                  "|---|---|---|" + "---|" * len(processes)]
+        lines += [f"| {row['row']} | {row['sessions']} | {row.get('wall_s')} | " + " | ".join(str(row.get("cpu_s", {}).get(name, ""))
+                                                                      for name in processes) + " |"
+                  for row in report["ttfs"]]
     if report.get("partial_cost"):
         lines += ["", "Partial cost (model ms per second of live audio, unbroken turns, partials every second):", "",
                   "| turn length (s) | turns | model ms / audio s |", "|---|---|---|"]

@@ -23,6 +23,7 @@ from deployments.speech.errors import ApiError, InternalError, Overloaded, Repli
 from deployments.speech.keyterms import Keyterms
 from deployments.speech.live_vad import LiveVadState, LiveVadStep
 from deployments.speech.schemas import Segment, SegmentTokens, SpeechSegment, Word
+from deployments.speech.step_batcher import StepBatcher
 
 log = logging.getLogger("ray.serve")
 
@@ -73,11 +74,15 @@ class SegmentCall:
 
 
 class GraphBackends:
-    def __init__(self, segmenter: DeploymentHandle, transcriber: DeploymentHandle, aligner: DeploymentHandle):
+    def __init__(self, segmenter: DeploymentHandle, transcriber: DeploymentHandle, aligner: DeploymentHandle,
+                 step_window_s: float = 0.004, steps_per_call: int = 64):
         self.segmenter = segmenter
         self.transcriber = transcriber
         self.aligner = aligner
         self._by_model: dict[str, DeploymentHandle] = {}
+        # live streams' VAD steps: those of one tick go to the Segmenter as one call
+        self.live_steps: StepBatcher[tuple[LiveVadState, np.ndarray, bool], LiveVadStep] = StepBatcher(
+            lambda calls: retried(lambda: self.segmenter.live_tick.remote(calls)), step_window_s, steps_per_call)
 
     async def put(self, audio: np.ndarray) -> ray.ObjectRef:
         """The audio, stored once: every downstream call gets the reference, not the samples. On a worker thread:
@@ -125,8 +130,9 @@ class GraphBackends:
         return await retried(lambda: self.aligner.align.remote(pieces, duration))
 
     async def vad_step(self, state: LiveVadState, samples: np.ndarray, last: bool) -> LiveVadStep:
-        # the stream's state travels with the step, so another replica can take it over
-        return await retried(lambda: self.segmenter.live_step.remote(state, samples, last))
+        # the stream's state travels with the step, so another replica can take it over; this replica's streams'
+        # steps of one tick go as one Segmenter call
+        return await self.live_steps.step((state, samples, last))
 
     async def ready(self) -> Any:
         """The Transcriber's model description once every deployment answers."""

@@ -30,7 +30,6 @@ class Segmenter:
         self.live = LiveVad(settings)
         # ONNX Runtime releases the GIL, so each thread is one more file (or batch of live steps) in VAD at once.
         self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="vad")
-        self._live_step_batch.set_max_batch_size(settings.live_max_batch)
         self._metrics = SegmenterMetrics()
         self._stages = self._metrics.stages
         self.vad_seconds = 0.0  # time spent in VAD steps (operators; the benchmark's per-stage time)
@@ -67,25 +66,20 @@ class Segmenter:
             with contextlib.suppress(ValueError):
                 steps.close()
 
-    async def live_step(self, state: LiveVadState, samples: np.ndarray, last: bool = False) -> LiveVadStep:
-        """One step of a live stream: its new 16 kHz samples and its state in, the state and final segments out.
-        The state comes with every call, so any replica can take any stream's next step."""
-        if not isinstance(samples, np.ndarray) or samples.ndim != 1:
-            raise InvalidRequest("A live VAD step takes mono 16 kHz samples.", code="invalid_audio_array")
-        if len(samples):  # the end of a stream is a step without samples (Ray counters take only values > 0)
-            self._metrics.audio_seconds.inc(len(samples) / SAMPLE_RATE, tags={"path": "live"})
-        return await self._live_step_batch(state, samples, last)
-
-    # Steps of concurrent streams that arrive while a batch runs form the next batch (no waiting for more).
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0)
-    async def _live_step_batch(self, states: list[LiveVadState], samples: list[np.ndarray], lasts: list[bool]
-                               ) -> list[LiveVadStep]:
-        self.live_steps += len(states)
+    async def live_tick(self, calls: list[tuple[LiveVadState, np.ndarray, bool]]) -> list[LiveVadStep]:
+        """Live streams' steps, one ``LiveVadStep`` each, in order: each step is a stream's new 16 kHz samples and
+        its state (the state comes with every call, so any replica can take any stream's next step). An Ingress
+        sends its streams' steps of one tick together (``speech/step_batcher.py``); they run as one batch."""
+        for _, samples, _ in calls:
+            if not isinstance(samples, np.ndarray) or samples.ndim != 1:
+                raise InvalidRequest("A live VAD step takes mono 16 kHz samples.", code="invalid_audio_array")
+        if seconds := sum(len(samples) for _, samples, _ in calls) / SAMPLE_RATE:  # (Ray counters take values > 0)
+            self._metrics.audio_seconds.inc(seconds, tags={"path": "live"})
+        self.live_steps += len(calls)
         self.live_batches += 1
         loop = asyncio.get_running_loop()
         with self._stages.timed("vad_live"):
-            steps = await loop.run_in_executor(self._executor, self._timed, self.live.step,
-                                               list(zip(states, samples, lasts)))
+            steps = await loop.run_in_executor(self._executor, self._timed, self.live.step, calls)
         for step in steps:
             self._count_speech(step.segments, "live")
         return steps
@@ -103,7 +97,8 @@ class Segmenter:
                 self.vad_seconds += time.perf_counter() - started
 
     def stats(self) -> dict:
-        return {"vad_seconds": self.vad_seconds, "live_steps": self.live_steps, "live_batches": self.live_batches}
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "vad_seconds": self.vad_seconds,
+                "live_steps": self.live_steps, "live_batches": self.live_batches}
 
     def ready(self) -> bool:
         return True

@@ -8,13 +8,15 @@ every change, and a batch bigger than any run so far is warmed up there before t
 
 Each kind of work has its own batch queue (live finals, first passes, partials, file segments, background jobs), all with the
 same batching, and the model takes the most urgent waiting batch next (``speech/model_queue.py``): a live turn's
-final never waits behind an upload's segments, only behind the one model call already running.
+final never waits behind an upload's segments, only behind the one model call already running. Batches of one kind
+for one model that wait together run as one model call of up to ``max_batch_size`` segments.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import time
@@ -214,41 +216,36 @@ class Transcriber:
             log.error("Model %s could not be loaded: %s", model_id, exc)
             return [ItemFailure(ModelUnavailable(f"The model {model_id!r} could not be loaded on this replica."))
                     ] * len(segments)
-        items = list(zip(segments, keyterms or [None] * len(segments)))
-        arrivals = arrivals or []
-        # A job's batch is run as several smaller model calls, each queued on its own: live or synchronous work that
-        # comes meanwhile runs before the next one, so it never waits behind a whole batch of background work.
-        step = self.settings.jobs.segments_per_model_call if priority == "job" else len(items)
-        calls = [self._model_call(model_id, recognizer, items[i:i + step], priority, arrivals[i:i + step])
-                 for i in range(0, len(items), step)]
+        items = list(zip(segments, keyterms or [None] * len(segments), arrivals or [None] * len(segments)))
+        # A job's model call holds at most jobs.segments_per_model_call segments, so live or synchronous work that
+        # comes meanwhile runs before the next one and never waits behind a whole batch of background work.
+        most = self.settings.jobs.segments_per_model_call if priority == "job" else self.batching.max_batch_size
+        calls = [asyncio.wrap_future(self._queue.submit_items(
+            PRIORITIES[priority], (model_id, id(recognizer)), items[i:i + most],
+            functools.partial(self._run_batch, model_id, recognizer, priority), most))
+            for i in range(0, len(items), most)]
         return [result for outcome in await asyncio.gather(*calls) for result in outcome]
 
-    def _model_call(self, model_id: str, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str,
-                    arrivals: list["Arrival"]) -> asyncio.Future:
-        """Queue one model call (planned once: the padding metric and the call use the same plan)."""
+    def _run_batch(self, model_id: str, recognizer, priority: str,
+                   items: list[tuple[np.ndarray, Keyterms | None, Arrival | None]]
+                   ) -> list[SegmentTokens | ItemFailure]:
+        """One model call (on the worker thread): the segments of every call the queue took together."""
         sizes = self.model_batch_sizes.setdefault(model_id, {})
         sizes[len(items)] = sizes.get(len(items), 0) + 1
-        lengths = [len(segment) for segment, _ in items]
+        lengths = [len(segment) for segment, _, _ in items]
         self._metrics.batch_size.observe(len(items), tags={"model": model_id})
         self._metrics.audio_seconds.inc(sum(lengths) / SAMPLE_RATE, tags={"model": model_id})
-        plan = recognizer.plan_batches(lengths)
+        plan = recognizer.plan_batches(lengths)  # (planned once: the padding metric and the call use the same plan)
         if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
-        return asyncio.wrap_future(self._queue.submit(PRIORITIES[priority], self._run_batch, recognizer, items,
-                                                      priority, arrivals, plan))
-
-    def _run_batch(self, recognizer, items: list[tuple[np.ndarray, Keyterms | None]], priority: str = "file",
-                   arrivals: list["Arrival"] = (), plan: list[list[int]] | None = None
-                   ) -> list[SegmentTokens | ItemFailure]:
         if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
             below = self._queue.started_below(PRIORITIES[priority])
-            self.live_waits.extend(below - arrival.bulk_started for arrival in arrivals)
+            self.live_waits.extend(below - arrival.bulk_started for _, _, arrival in items if arrival is not None)
         started = time.perf_counter()
         try:
-            # (the plan is the whole batch's; an item retried alone after a failed batch is planned on its own)
-            return run_isolated(lambda batch: recognizer.transcribe([s for s, _ in batch], [k for _, k in batch],
-                                                                    plan if len(batch) == len(items) else None),
-                                items)
+            # (the plan is the whole call's; an item retried alone after a failed call is planned on its own)
+            return run_isolated(lambda batch: recognizer.transcribe(
+                [s for s, _, _ in batch], [k for _, k, _ in batch], plan if len(batch) == len(items) else None), items)
         finally:
             elapsed = time.perf_counter() - started
             self.model_seconds += elapsed

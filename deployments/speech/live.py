@@ -39,12 +39,14 @@ from .parakeet_defaults import SAMPLE_RATE
 from .protocol import FinalEvent, LiveEvent, NothingToFinalize, PartialEvent, SpeechStarted, SpeechStopped
 from .schemas import Segment, SegmentTokens, SpeechSegment, Word, token_logprobs
 from .settings import StreamSettings, TurnRules, VadSettings
+from .step_batcher import next_tick
 from .timestamps import segment_words
 
 Priority = Literal["final", "draft", "partial"]
 VadStep = Callable[[LiveVadState, np.ndarray, bool], Awaitable[LiveVadStep]]
 Transcribe = Callable[[np.ndarray, Priority, Optional[Keyterms]], Awaitable[SegmentTokens]]
 Align = Callable[[list[tuple[SegmentTokens, float, float]], float], Awaitable[tuple[list[Word], list[Segment]]]]
+STEPS_BEHIND = 4  # ticks of audio waiting after which a stream steps without waiting for the next tick
 _END = object()
 DRAFT_BACKLOG = SAMPLE_RATE // 5  # no first pass while more than 200 ms of the stream's audio waits to be read
 
@@ -418,13 +420,17 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
         if drafts.span is not None and joiner.drafted != drafts.span:
             drafts.drop()  # speech resumed (or the turn changed) before the first pass was used
 
-    min_step = int(stream.min_step_ms * SAMPLE_RATE / 1000)
+    # a stream this far behind steps at once (a client sending faster than real time, or a busy service): catching up
+    # matters more than sharing the call
+    behind = int(STEPS_BEHIND * stream.min_step_ms * SAMPLE_RATE / 1000)
 
     async def gather_a_step(items: list) -> None:
-        """Wait (up to the step's own length) for at least ``min_step`` of audio, unless a control, the end or an
-        error is already here: a real-time client's 20 ms frames become a few VAD calls instead of one each."""
-        deadline = time.monotonic() + stream.min_step_ms / 1000
-        while sum(p.size for p in items if isinstance(p, np.ndarray)) < min_step and \
+        """Wait for the next tick of the step clock every stream of this process shares (``min_step_ms``), unless a
+        control, the end or an error is already here, or the stream is ``behind``: a real-time client's 20 ms
+        frames become one VAD step a tick, and concurrent streams' steps come due together (the Ingress sends them
+        as one Segmenter call)."""
+        deadline = next_tick(time.monotonic(), stream.min_step_ms / 1000)
+        while sum(p.size for p in items if isinstance(p, np.ndarray)) < behind and \
                 all(isinstance(p, np.ndarray) for p in items):
             try:
                 items.append(await asyncio.wait_for(incoming.get(), max(0.0, deadline - time.monotonic())))

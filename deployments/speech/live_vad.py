@@ -5,10 +5,11 @@ A stream's VAD memory (silero's LSTM state, the last window's context, samples s
 Segmenter replica can take a stream's next step, streams scale with Segmenter replicas, and two streams can never
 share state. The state is a few kilobytes.
 
-Steps of concurrent streams that reach a replica together run as one batch: when each brings only a few windows
-(clients sending small frames), window ``w`` of every stream goes through one call of silero's batched model
-(1.9x faster than a call per stream for 16 streams of one window each); a stream that brings many windows runs
-them through the sequence model in one call. Both give the same probabilities, bit for bit.
+Steps of concurrent streams that reach a replica together (an Ingress sends its streams' steps of one tick as one
+call) run as one batch: when each brings only a few windows (clients sending small frames), window ``w`` of every
+stream goes through one call of silero's batched model (1.9x faster than a call per stream for 16 streams of one
+window each); a stream that brings many windows runs them through the sequence model in one call. Both give the
+same probabilities, bit for bit.
 """
 
 from __future__ import annotations

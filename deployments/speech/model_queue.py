@@ -6,6 +6,12 @@ most urgent waiting: a live turn's final, then a first pass (a final-to-be, canc
 resumes, so under load speculative work gives way), then a live partial, then a file's segments, then background
 jobs'. A live final therefore waits for at most the one call already running, however long the
 upload beside it. Within a priority, calls run in the order they came.
+
+Calls of one priority for one model also run *together* when the model frees up (``submit_items``): Serve forms a
+batch from what arrives within its window, then the batch waits here behind the running call, so under load
+several small batches queue up (each stream's partial, each job segment as an earlier one is collected). Taking
+the waiting ones as one model call, up to the call's limit, is continuous batching at the model: full batches
+where Serve's window caught one or two, and no call waits longer than it would have.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import heapq
 import itertools
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
 
 # lower runs first; CONTROL is the model's own work (loading, warm-up)
 CONTROL = -1
@@ -22,9 +29,20 @@ PRIORITIES = {"final": 0, "draft": 1, "partial": 2, "file": 3, "job": 4}
 LIVE = ("final", "draft", "partial")
 
 
+@dataclass(order=True)
+class _Call:
+    priority: int
+    order: int
+    future: Future = field(compare=False)
+    work: Callable = field(compare=False)
+    args: tuple = field(compare=False, default=())
+    group: Hashable | None = field(compare=False, default=None)  # calls of one group may run as one: work(items)
+    most: int = field(compare=False, default=0)  # the most items a call of the group may hold
+
+
 class ModelQueue:
     def __init__(self, name: str = "parakeet"):
-        self._heap: list[tuple[int, int, Future, Callable, tuple]] = []
+        self._heap: list[_Call] = []
         self._order = itertools.count()
         self._ready = threading.Condition()
         self.started = {priority: 0 for priority in (CONTROL, *PRIORITIES.values())}  # calls started, by priority
@@ -33,26 +51,66 @@ class ModelQueue:
 
     def submit(self, priority: int, work: Callable, *args: Any) -> Future:
         """Run ``work(*args)`` on the worker thread, after every more urgent call waiting then."""
-        future: Future = Future()
-        with self._ready:
-            heapq.heappush(self._heap, (priority, next(self._order), future, work, args))
-            self._ready.notify()
-        return future
+        return self._push(_Call(priority, next(self._order), Future(), work, args))
+
+    def submit_items(self, priority: int, group: Hashable, items: Sequence, work: Callable[[list], list],
+                     most: int) -> Future:
+        """Run ``work(items)`` (one result per item) like ``submit``; if other calls of the same priority and
+        ``group`` wait when it starts, as many as fit in ``most`` items go with it, in order, as one
+        ``work(all their items)`` call. The future holds this call's own results."""
+        return self._push(_Call(priority, next(self._order), Future(), work, (list(items),), group, most))
 
     def started_below(self, priority: int) -> int:
         """Calls less urgent than ``priority`` started so far (a live call's wait is counted in these)."""
         return sum(count for level, count in self.started.items() if level > priority)
 
+    def _push(self, call: _Call) -> Future:
+        with self._ready:
+            heapq.heappush(self._heap, call)
+            self._ready.notify()
+        return call.future
+
+    def _next(self) -> list[_Call]:
+        """The most urgent waiting call, with the waiting calls of its group that fit (the lock is held)."""
+        while self._heap:
+            head = heapq.heappop(self._heap)
+            if head.future.set_running_or_notify_cancel():
+                break
+        else:
+            return []
+        if head.group is None:
+            return [head]
+        taken, size, kept = [head], len(head.args[0]), []
+        for call in sorted(self._heap):
+            if call.priority == head.priority and call.group == head.group and \
+                    size + len(call.args[0]) <= head.most:
+                if call.future.set_running_or_notify_cancel():  # (a call cancelled while it waited is dropped)
+                    taken.append(call)
+                    size += len(call.args[0])
+            else:
+                kept.append(call)
+        if len(kept) < len(self._heap):
+            self._heap[:] = kept  # (sorted: a valid heap)
+        return taken
+
     def _work(self) -> None:
         while True:
             with self._ready:
-                while not self._heap:
+                taken = self._next()
+                if not taken:
                     self._ready.wait()
-                priority, _, future, work, args = heapq.heappop(self._heap)
-                if not future.set_running_or_notify_cancel():
-                    continue  # cancelled while it waited
-                self.started[priority] += 1
+                    continue
+                self.started[taken[0].priority] += 1
+            head = taken[0]
             try:
-                future.set_result(work(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
+                if head.group is None:
+                    head.future.set_result(head.work(*head.args))
+                    continue
+                results = head.work([item for call in taken for item in call.args[0]])
+                for call in taken:
+                    mine, results = results[:len(call.args[0])], results[len(call.args[0]):]
+                    call.future.set_result(mine)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller(s)
+                for call in taken:
+                    if not call.future.done():
+                        call.future.set_exception(exc)

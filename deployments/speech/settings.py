@@ -42,8 +42,8 @@ class VadSettings(BaseModel):
                                "parallel chunks, each re-reading warmup_s before it; lower latency on long files, "
                                "but segment edges near chunk borders may move by a few windows")
     warmup_s: float = Field(10.0, ge=0, description="audio re-read before each parallel chunk")
-    live_max_batch: int = Field(64, ge=1, description="live streams' VAD steps one Segmenter call may batch (steps "
-                                                      "that arrive while a batch runs form the next one)")
+    live_max_batch: int = Field(64, ge=1, description="live streams' VAD steps in one Segmenter call at most (an "
+                                                      "Ingress sends its streams' steps of one tick together)")
 
     @model_validator(mode="after")
     def _merge_fits(self):
@@ -118,10 +118,15 @@ class StreamSettings(BaseModel):
     first_pass: bool = Field(True, description="transcribe the open turn as soon as speech stops, so its final is "
                                                "ready when the pause (or the client) ends the turn; the finals are "
                                                "the same either way")
-    min_step_ms: int = Field(64, ge=0, le=1000, description="a live stream's audio goes through VAD in steps of at "
-                                                           "least this much (or whatever arrived within that "
-                                                           "long): fewer, larger Segmenter calls for clients that "
-                                                           "send 20 ms frames. A finalize or the end flushes at once")
+    min_step_ms: int = Field(64, ge=0, le=1000, description="the live VAD step clock: a stream's audio goes through "
+                                                           "VAD once a tick of this period (a real-time client's "
+                                                           "20 ms frames: a few per step), every stream of an Ingress "
+                                                           "on the same ticks, so their steps go to the Segmenter "
+                                                           "together. A finalize, the end, or a stream 4 ticks behind "
+                                                           "steps at once")
+    step_window_ms: int = Field(4, ge=0, le=100, description="how long an Ingress gathers its streams' VAD steps "
+                                                             "before sending them as one Segmenter call (steps of "
+                                                             "one tick reach it within a few milliseconds)")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
     max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "

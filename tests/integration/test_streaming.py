@@ -15,6 +15,7 @@ import websockets
 from deployments.speech.audio import float_to_pcm16
 from deployments.speech.model_queue import PRIORITIES
 from deployments.stream_client import stream_pcm
+from bench.run import every_replicas_stats
 from tests.helpers import (SAMPLE_RATE, Recording, assert_own_results, encode, long_recording, normalise,
                            phrase_recording, random_phrases, word_errors)
 
@@ -102,6 +103,32 @@ def test_sixteen_concurrent_streams_get_their_own_results(app):
         assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(got, got[1:]))  # in order
         texts.append(normalise(" ".join(e["text"] for e in got)))
     assert_own_results([r.text for r in recordings], texts)
+
+
+def test_real_time_streams_step_together_one_segmenter_call_a_tick(app):
+    """Concurrent real-time streams (20 ms frames) step on the Ingress's shared clock: their steps of one tick go
+    to the Segmenter as one call (one call per stream per step before), and each stream still gets its own words."""
+    rng = random.Random(6)
+    recordings = [phrase_recording(words, voice=i % 4, rng=rng, tail_s=0.8)
+                  for i, words in enumerate(random_phrases(rng, 6, 3, 5))]
+
+    def totals() -> dict[str, tuple[int, int]]:
+        return {replica: (stats["live_steps"], stats["live_batches"])
+                for replica, stats in every_replicas_stats(app.name, "Segmenter").items()}
+
+    async def everyone():
+        return await asyncio.gather(*[stream_pcm(ws_url(app), float_to_pcm16(r.audio), {"partials": False},
+                                                 frame_bytes=640, realtime=True) for r in recordings])
+
+    before = totals()
+    outcomes = asyncio.run(everyone())
+    after = totals()
+    steps, calls = (sum(after[r][k] - before.get(r, (0, 0))[k] for r in after) for k in (0, 1))
+    assert all(o.close_code == 1000 for o in outcomes)
+    assert_own_results([r.text for r in recordings],
+                       [normalise(" ".join(e["text"] for e in finals(o.events))) for o in outcomes])
+    print(f"6 real-time streams: {steps} VAD steps in {calls} Segmenter calls")
+    assert steps >= 6 * 30 and steps >= 2.5 * calls, (steps, calls)  # (one call per step: about 1)
 
 
 def test_partials_arrive_before_the_final_of_a_long_utterance(app):
