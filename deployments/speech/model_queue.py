@@ -80,11 +80,14 @@ class ModelQueue:
             return []
         if head.group is None:
             return [head]
-        taken, size, kept = [head], len(head.args[0]), []
+        taken, size, kept, full = [head], len(head.args[0]), [], False
         for call in sorted(self._heap):
-            if call.priority == head.priority and call.group == head.group and \
-                    size + len(call.args[0]) <= head.most:
-                if call.future.set_running_or_notify_cancel():  # (a call cancelled while it waited is dropped)
+            # the group's calls in order, up to the first that does not fit (no later call goes ahead of it)
+            if not full and call.priority == head.priority and call.group == head.group:
+                full = size + len(call.args[0]) > head.most
+                if full:
+                    kept.append(call)
+                elif call.future.set_running_or_notify_cancel():  # (a call cancelled while it waited is dropped)
                     taken.append(call)
                     size += len(call.args[0])
             else:

@@ -80,3 +80,19 @@ def test_a_failed_merged_call_hands_its_exception_to_every_caller_in_it():
             raise AssertionError("no exception")
         except ValueError as exc:
             assert str(exc) == "bad batch of 2"
+
+
+def test_a_later_call_never_joins_ahead_of_an_earlier_one_that_did_not_fit():
+    queue = ModelQueue()
+    gate, calls = threading.Event(), []
+
+    def model(items):
+        calls.append(list(items))
+        return list(items)
+
+    running = queue.submit(PRIORITIES["file"], gate.wait)
+    futures = [queue.submit_items(PRIORITIES["file"], "m", items, model, 3) for items in (["a"], ["b", "c", "d"], ["e"])]
+    gate.set()
+    running.result(timeout=5)
+    assert [f.result(timeout=5) for f in futures] == [["a"], ["b", "c", "d"], ["e"]]
+    assert calls == [["a"], ["b", "c", "d"], ["e"]]  # (not ["a", "e"] first: "e" came after "b c d")
