@@ -274,19 +274,33 @@ class Served:
         ray.shutdown()
 
 
-def replica_cpu_seconds(deployment: str) -> float:
-    """User + system CPU time of every live replica process of ``deployment``."""
+def serving_cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of this node's serving processes so far: each deployment's replicas summed under
+    its name, the proxy, the controller, and this process (``client``)."""
     import psutil
 
-    total = 0.0
+    found: dict[str, float] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if f"ServeReplica:parakeet:{deployment}" in " ".join(proc.info["cmdline"] or []):
-                times = proc.cpu_times()
-                total += times.user + times.system
+            command = " ".join(proc.info["cmdline"] or [])
+            if proc.pid == os.getpid():
+                name = "client"
+            elif "ray::ServeReplica:" in command:
+                name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+            elif "ray::ProxyActor" in command or "ray::ServeController" in command:
+                name = command.split("ray::", 1)[1].split()[0]
+            else:
+                continue
+            times = proc.cpu_times()
+            found[name] = found.get(name, 0.0) + times.user + times.system
         except psutil.Error:
             continue
-    return total
+    return found
+
+
+def replica_cpu_seconds(deployment: str) -> float:
+    """User + system CPU time of every live replica process of ``deployment``."""
+    return serving_cpu_seconds().get(deployment, 0.0)
 
 
 def every_replicas_stats(app_name: str, deployment: str) -> dict[str, dict]:
@@ -315,7 +329,7 @@ class NodeLoad:
 
         self.app_name = app_name
         self.node = psutil.cpu_times()
-        self.processes = self._processes()
+        self.processes = serving_cpu_seconds()
         self.steps = self._steps()
         self.started = time.perf_counter()
 
@@ -324,38 +338,17 @@ class NodeLoad:
 
         wall = time.perf_counter() - self.started
         idle = psutil.cpu_times().idle - self.node.idle
-        processes = self._processes()
+        processes = serving_cpu_seconds()
         steps, calls = (a - b for a, b in zip(self._steps(), self.steps))
         return {"wall_s": round(wall, 1), "node_cpu_busy": round(1 - idle / wall / (os.cpu_count() or 1), 2),
                 "cpu_s": {name: round(seconds - self.processes.get(name, 0.0), 1)
-                          for name, seconds in sorted(processes.items(), key=lambda kv: kv[0])
+                          for name, seconds in sorted(processes.items())
                           if seconds - self.processes.get(name, 0.0) >= 0.05},
                 "vad_steps_per_segmenter_call": round(steps / max(1, calls), 2)}
 
     def _steps(self) -> tuple[int, int]:
         replicas = every_replicas_stats(self.app_name, "Segmenter").values()
         return sum(r["live_steps"] for r in replicas), sum(r["live_batches"] for r in replicas)
-
-    def _processes(self) -> dict[str, float]:
-        import psutil
-
-        found: dict[str, float] = {}
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                command = " ".join(proc.info["cmdline"] or [])
-                if proc.pid == os.getpid():
-                    name = "client"
-                elif "ray::ServeReplica:" in command:
-                    name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
-                elif "ray::ProxyActor" in command or "ray::ServeController" in command:
-                    name = command.split("ray::", 1)[1].split()[0]
-                else:
-                    continue
-                times = proc.cpu_times()
-                found[name] = found.get(name, 0.0) + times.user + times.system
-            except psutil.Error:
-                continue
-        return found
 
 
 def live_streams(served: Served, count: int, seconds: float) -> list[dict]:

@@ -333,9 +333,9 @@ def markdown(report: dict) -> str:
         lines += ["", "CPU seconds by process over each row (the node has os.cpu_count() x wall seconds):", "",
                   "| row | sessions | wall s | " + " | ".join(processes) + " |",
                   "|---|---|---|" + "---|" * len(processes)]
-        lines += [f"| {row['row']} | {row['sessions']} | {row.get('wall_s')} | " + " | ".join(str(row.get("cpu_s", {}).get(name, ""))
-                                                                      for name in processes) + " |"
-                  for row in report["ttfs"]]
+        for row in report["ttfs"]:
+            spent = [str(row.get("cpu_s", {}).get(name, "")) for name in processes]
+            lines.append(f"| {row['row']} | {row['sessions']} | {row.get('wall_s')} | " + " | ".join(spent) + " |")
     if report.get("partial_cost"):
         lines += ["", "Partial cost (model ms per second of live audio, unbroken turns, partials every second):", "",
                   "| turn length (s) | turns | model ms / audio s |", "|---|---|---|"]

@@ -75,7 +75,7 @@ class SegmentCall:
 
 class GraphBackends:
     def __init__(self, segmenter: DeploymentHandle, transcriber: DeploymentHandle, aligner: DeploymentHandle,
-                 step_window_s: float = 0.004, steps_per_call: int = 64):
+                 step_window_s: float, steps_per_call: int):
         self.segmenter = segmenter
         self.transcriber = transcriber
         self.aligner = aligner

@@ -68,7 +68,8 @@ class Ingress:
     def __init__(self, segmenter: DeploymentHandle, transcriber: DeploymentHandle, aligner: DeploymentHandle,
                  settings: AppSettings):
         self.settings = settings
-        self.backends = GraphBackends(segmenter, transcriber, aligner, step_window_s=settings.stream.step_window_ms / 1000,
+        self.backends = GraphBackends(segmenter, transcriber, aligner,
+                                      step_window_s=settings.stream.step_window_ms / 1000,
                                       steps_per_call=settings.vad.live_max_batch)
         default = settings.default_model
         self.readiness = Readiness(self.backends, fallback={"model": default.source, "id": default.id})
