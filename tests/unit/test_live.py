@@ -161,6 +161,21 @@ def test_finalize_in_the_pause_gives_the_first_pass_span_and_configure_changes_t
     assert [u.kind for u in joiner.update(step_with(tentative=(2 * S, 3 * S), position=int(3.3 * S)))] == ["final"]
 
 
+def test_the_padding_left_after_a_finalize_is_not_a_turn_of_its_own():
+    """A finalize soon after speech stops cuts the turn where the audio ends, before all its padding has arrived;
+    when VAD later hands out the segment, the padding past the cut holds no speech: no second (empty) final."""
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=500), VAD, partials=False)
+    joiner.update(step_with(speaking_from=0, position=S // 2))
+    cut = S + PAD // 2  # speech ended at 1 s; half its padding has arrived
+    out = joiner.finalize(step_with(tentative=(0, S), position=cut))
+    assert [(u.start, u.end, u.kind) for u in out if u.final] == [(0, cut, "final")]
+    assert joiner.update(step_with(tentative=(0, S), position=S + PAD)) == []
+    assert joiner.update(step_with(segments=[(0, S)], position=int(1.6 * S))) == []
+    # speech after the cut is still a turn
+    out = joiner.update(step_with(segments=[(int(1.1 * S), 2 * S)], position=3 * S))
+    assert [u.kind for u in out] == ["start", "final"] and out[0].start == cut
+
+
 def test_partials_come_every_interval_while_someone_speaks():
     joiner = UtteranceJoiner(TurnRules(partial_interval_ms=1000), VAD, partials=True)
     assert [u.kind for u in joiner.update(step_with(speaking_from=0, position=S // 2))] == ["start"]
