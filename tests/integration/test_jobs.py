@@ -201,21 +201,42 @@ def transcriber_job_items(app_name: str) -> int:
 
 def test_a_jobs_batches_run_as_smaller_model_calls(app, long_audio):
     """Other work waits behind at most one job model call of ``jobs.segments_per_model_call`` segments (1 in this
-    app, whose jobs have 2 segments in flight), not a whole Serve batch: each call is queued on its own, and more
-    urgent work that comes meanwhile runs first."""
+    app), not a whole Serve batch: each call is queued on its own, and more urgent work that comes meanwhile runs
+    first. A job keeps only 2 segments in flight, so whether two of them meet in one Serve batch is timing; the
+    splitting itself is shown on a burst of job-priority calls that Serve batches, beside the same burst as file
+    work, whose batches stay one model call each."""
+    import numpy as np
+    from ray import serve
+
     from deployments.speech.model_queue import PRIORITIES
 
-    def job_counts() -> tuple[int, int, int]:
+    def counts(priority: str) -> tuple[int, int, int]:
         stats = transcriber_stats(APP)
-        return (stats["items_by_priority"]["job"], stats["batches_by_priority"]["job"],
-                stats["calls_started"][PRIORITIES["job"]])
+        return (stats["items_by_priority"][priority], stats["batches_by_priority"][priority],
+                stats["calls_started"][PRIORITIES[priority]])
 
-    before = job_counts()
+    def since(then: tuple[int, int, int], priority: str) -> tuple[int, int, int]:
+        return tuple(after - before for after, before in zip(counts(priority), then))
+
+    before = counts("job")
     wait(app, submit(app, encode(long_audio.audio))["id"])
-    items, batches, calls = (after - then for after, then in zip(job_counts(), before))
+    items, batches, calls = since(before, "job")
     print(f"a job: {items} segments in {batches} Serve batches, {calls} model calls")
-    assert items > batches  # some of its Serve batches held two segments ...
-    assert calls == items  # ... and every segment was a model call of its own
+    assert items > 1 and calls == items  # every segment of the job was a model call of its own
+
+    transcriber = serve.get_deployment_handle("Transcriber", app_name=APP)
+    segment = np.ascontiguousarray(long_audio.audio[:3 * 16000], dtype=np.float32)
+    for priority in ("job", "file"):
+        before = counts(priority)
+        responses = [transcriber.transcribe.remote(segment, priority=priority) for _ in range(12)]
+        assert all(response.result().text for response in responses)
+        items, batches, calls = since(before, priority)
+        print(f"12 {priority} calls at once: {batches} Serve batches, {calls} model calls")
+        assert items == 12 and batches < items  # Serve batched some of them ...
+        if priority == "job":
+            assert calls == items  # ... and each job segment still ran as a model call of its own
+        else:
+            assert calls <= batches  # ... while a file batch is one model call (or joins a waiting one)
 
 
 def test_a_cancelled_job_does_no_more_segment_work(app, long_audio):
