@@ -107,10 +107,13 @@ class _Piece:
 class UtteranceJoiner:
     """VAD steps -> turns (``Utterance`` decisions), by the stream's ``TurnRules``. Pure: no I/O, no clock."""
 
-    def __init__(self, rules: TurnRules, vad: VadSettings, partials: bool, first_pass: bool = True):
+    def __init__(self, rules: TurnRules, vad: VadSettings, partials: bool, first_pass: bool = True,
+                 tail_ms: int | None = None):
         self.max_length = int(vad.max_segment_s * SAMPLE_RATE)
         self.min_speech = int(vad.min_speech_duration_ms * SAMPLE_RATE / 1000)
         self.pad = int(vad.speech_pad_ms * SAMPLE_RATE / 1000)
+        # a turn's audio ends this far after its speech (None: the segment's whole padding)
+        self.tail = self.pad if tail_ms is None else min(self.pad, int(tail_ms * SAMPLE_RATE / 1000))
         self.partials = partials
         self.first_pass = first_pass
         self.configure(rules)
@@ -186,10 +189,12 @@ class UtteranceJoiner:
 
     def _clipped(self, segment: SpeechSegment | None, speech: tuple[int, int] | None) -> _Piece | None:
         """A segment without the audio of turns already final (None when no speech is left: a finalize that cut a
-        turn before its padding had all arrived leaves that padding's tail, which is no turn of its own)."""
+        turn before its padding had all arrived leaves that padding's tail, which is no turn of its own), ending
+        ``tail`` after its speech."""
         if segment is None or speech is None or speech[1] <= self.cut:  # (speech ends within its padded segment)
             return None
-        return _Piece(max(segment.start, self.cut), segment.end, max(speech[0], self.cut), max(speech[1], self.cut))
+        return _Piece(max(segment.start, self.cut), min(segment.end, speech[1] + self.tail), max(speech[0], self.cut),
+                      max(speech[1], self.cut))
 
     def _ends_turn(self, later: _Piece) -> bool:
         """``later`` speech comes after a turn-ending pause, or would make the open turn too long."""
@@ -343,7 +348,8 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     incoming: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(stream.max_buffered_s * SAMPLE_RATE) // 512))
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     rules = rules or stream.turn_rules
-    joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass if first_pass is None else first_pass)
+    joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass if first_pass is None else first_pass,
+                             tail_ms=stream.final_tail_ms)
     step_samples = vad.frames_per_call * 512
     audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []

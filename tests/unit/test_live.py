@@ -111,6 +111,26 @@ def test_the_pause_counts_from_the_end_of_speech_and_a_first_pass_comes_when_spe
     assert joiner.update(step_with(segments=[(S // 2, 2 * S)], position=int(2.4 * S))) == []
 
 
+def test_a_turn_ends_its_tail_after_the_speech_so_its_first_pass_does_not_wait_for_the_padding():
+    """With ``stream.final_tail_ms`` shorter than the pad, a turn's audio ends that far after its speech: the first
+    pass goes out as soon as that much has arrived (not the whole pad), and the final covers the same span."""
+    tail = 64 * S // 1000
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False, tail_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    assert joiner.update(step_with(tentative=(S // 2, 2 * S), position=2 * S + tail - 1)) == []
+    span = (S // 2 - PAD, 2 * S + tail)
+    assert kinds(joiner.update(step_with(tentative=(S // 2, 2 * S), position=2 * S + tail))) == [
+        (0, *span, "first_pass")]  # the old rule waited for 2 s + PAD
+    assert kinds(joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.3 * S)))) == [(0, *span, "final")]
+    # a finalize of a stopped turn ends it at the same place
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=2000), VAD, partials=False, tail_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    assert kinds(joiner.finalize(step_with(tentative=(S // 2, 2 * S), position=int(2.2 * S)))) == [
+        (0, *span, "final")]
+    # a tail longer than the pad is the pad
+    assert UtteranceJoiner(TurnRules(), VAD, partials=False, tail_ms=10 * VAD.speech_pad_ms).tail == PAD
+
+
 def test_speech_that_resumes_within_the_pause_drops_the_first_pass_and_joins_the_turn():
     joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=500), VAD, partials=False)
     joiner.update(step_with(speaking_from=0, position=S // 2))
@@ -239,13 +259,15 @@ def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=Fal
 
 
 def test_live_events_end_to_end_with_an_in_process_segmenter(recordings):
-    """The event loop over real VAD steps: finals in order, one per turn, each covering offline segments."""
+    """The event loop over real VAD steps: finals in order, one per turn, each covering offline segments (up to
+    the end of their padding that the turn's shorter tail leaves out)."""
     audio = recordings[1]
     events, calls = run_live(audio)
     finals = [e for e in events if isinstance(e, FinalEvent)]
     assert [e.id for e in finals] == list(range(len(finals))) and finals
     offline = offline_segments(audio)
-    covered = [(s, e) for s, e in offline if any(f.start * SAMPLE_RATE - 1 <= s and e <= f.end * SAMPLE_RATE + 1
+    untailed = PAD - StreamSettings().final_tail_ms * S // 1000
+    covered = [(s, e) for s, e in offline if any(f.start * SAMPLE_RATE - 1 <= s and e - untailed <= f.end * SAMPLE_RATE + 1
                                                  for f in finals)]
     assert covered == offline, "every offline segment lies inside one final"
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
