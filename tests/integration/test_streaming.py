@@ -351,7 +351,9 @@ def test_a_live_final_waits_for_at_most_one_batch_while_a_long_upload_runs(app):
 
     transcriber = app.deployment("Transcriber")
     rng = random.Random(31)
-    upload = long_recording(random_phrases(rng, 60, 4, 8), rng, phrase_gap_s=(0.3, 0.8))
+    # long enough to outlast the conversation below (with 60 phrases the upload was sometimes done first, and the
+    # check that it was still running failed)
+    upload = long_recording(random_phrases(rng, 150, 4, 8), rng, phrase_gap_s=(0.3, 0.8))
     before = transcriber.stats.remote().result()
     done = threading.Event()
 
