@@ -16,8 +16,8 @@ moment the frame holding that sample was sent to the arrival of the final that c
   (partials every second, 2x real time: the partials' wall-clock gate still lets one through every second);
 - fast streaming: whole files in 1024-byte frames as fast as possible, timestamps and partials on (the defaults),
   against the offline path with timestamps on the same file;
-- splits: held-out utterances (no inner pauses) at a 300 ms pause: finals per utterance and finals equal to the
-  offline path's text for the same audio.
+- splits: held-out utterances (no inner pauses) at a 300 ms pause: finals per utterance, finals equal to the
+  offline path's text for the same audio, and the finals' word errors against the references.
 
 Writes bench/results/<name>.json and .md. Nothing here is asserted: ratios are measured in one run.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech
+from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech, word_errors
 from bench.run import RESULTS, NodeLoad, Served, model_path
 
 FRAME_S = 0.02
@@ -309,8 +309,11 @@ def splits(served: Served, pause_ms: int) -> dict:
             await sender
 
     asyncio.run(go())
-    per_utterance = [sum(1 for f in finals if start <= (f["start"] + f["end"]) / 2 * SAMPLE_RATE < end)
-                     for start, end in plan.spans]
+    # each utterance's finals: those whose middle lies in its span
+    heard = [[f for f in finals if start <= (f["start"] + f["end"]) / 2 * SAMPLE_RATE < end]
+             for start, end in plan.spans]
+    per_utterance = [len(found) for found in heard]
+    errors = sum(word_errors(u.text, " ".join(f["text"] for f in found)) for u, found in zip(pool, heard))
     same = 0
     for event in finals:
         piece = plan.audio[int(round(event["start"] * SAMPLE_RATE)):int(round(event["end"] * SAMPLE_RATE))]
@@ -319,7 +322,8 @@ def splits(served: Served, pause_ms: int) -> dict:
         same += offline == event["text"]
     return {"pause_ms": pause_ms, "utterances": len(pool), "split": sum(n > 1 for n in per_utterance),
             "missed": sum(n == 0 for n in per_utterance), "finals": len(finals),
-            "finals_equal_offline": round(same / max(1, len(finals)), 3)}
+            "finals_equal_offline": round(same / max(1, len(finals)), 3), "word_errors": errors,
+            "words": sum(len(u.text.split()) for u in pool)}
 
 
 def markdown(report: dict) -> str:
@@ -350,10 +354,13 @@ def markdown(report: dict) -> str:
                   for r in report["fast_streaming"]]
     if report.get("splits"):
         lines += ["", "Held-out utterances (no inner pauses) by pause: utterances split into more than one final, "
-                      "and finals equal to the offline path's text for the same audio:", "",
-                  "| pause ms | utterances | split | missed | finals | equal to offline |", "|---|---|---|---|---|---|"]
+                      "finals equal to the offline path's text for the same audio, and the finals' word errors against the "
+                      "references:", "",
+                  "| pause ms | utterances | split | missed | finals | equal to offline | word errors |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {s['pause_ms']} | {s['utterances']} | {s['split']} | {s['missed']} | {s['finals']} | "
-                  f"{s['finals_equal_offline']:.1%} |" for s in report["splits"]]
+                  f"{s['finals_equal_offline']:.1%} | {s.get('word_errors', '-')} / {s.get('words', '-')} |"
+                  for s in report["splits"]]
     if report.get("listen_throughput"):
         t = report["listen_throughput"]
         lines += ["", f"{t['streams']} live streams of {t['seconds_each']:g} s each, as fast as possible: "
@@ -416,6 +423,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--listen", action="store_true",
                         help="only Deepgram's /v1/listen against /v1/audio/stream asking for the same (timestamps: "
                              "words with times, as every Results message carries), 1 and 8 sessions")
+    parser.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
+                        help="haproxy: Ray Serve's direct ingress behind HAProxy (RAY_SERVE_ENABLE_HA_PROXY and "
+                             "RAY_SERVE_ENABLE_DIRECT_INGRESS; needs the haproxy binary): clients reach the Ingress "
+                             "replicas' own servers instead of going through Serve's proxy actor")
+    parser.add_argument("--ttfs-only", action="store_true", help="only the time-to-final rows")
     parser.add_argument("--splits-only", action="store_true",
                         help="only the split rows, added to an existing report of the same name")
     args = parser.parse_args(argv)
@@ -425,6 +437,13 @@ def main(argv: list[str] | None = None) -> dict:
     from deployments.speech.settings import StreamSettings
 
     path = model_path(args.model, Path("/tmp/parakeet-bench"))
+    if args.ingress == "haproxy":
+        import shutil
+
+        if not shutil.which("haproxy"):
+            parser.error("--ingress haproxy needs the haproxy binary (Debian / Ubuntu: apt-get install haproxy)")
+        # read by Ray's processes when the local cluster starts (Served starts it)
+        os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_ENABLE_DIRECT_INGRESS="1")
     served = Served(path, 4, 15, {})
     default = StreamSettings().end_of_utterance_ms
     report = {"name": args.name, "command": "python -m bench.turns " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -446,8 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
         plan = [("listen: Finalize 200 ms", 1, one, {}, 0.2, 0), ("finalize 200 ms, words", 1, one, stamped, 0.2, 0),
                 ("listen: Finalize 200 ms", 8, many, {}, 0.2, 0), ("finalize 200 ms, words", 8, many, stamped, 0.2, 0)]
     existing = Path(args.out_dir) / f"{args.name}.json"
-    if args.splits_only and existing.is_file():
-        report = {**json.loads(existing.read_text()), "ttfs": json.loads(existing.read_text())["ttfs"]}
+    if args.splits_only:  # (a report of that name gets the new split rows; without one, a report of only those)
+        report = json.loads(existing.read_text()) if existing.is_file() else report
         plan = []
     try:
         for row, sessions, per, config, finalize_after, uploads in plan:
@@ -461,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"ttfs: {result}", flush=True)
         if args.splits_only:
             report["splits"] = [splits(served, pause) for pause in (200, 300, 500)]
-        elif not args.before and not args.listen:
+        elif not args.before and not args.listen and not args.ttfs_only:
             report["partial_cost"] = partial_cost(served, [2, 10] if args.quick else [2, 10, 30])
             report["fast_streaming"] = fast_streaming(served, [1 / 3] if args.quick else args.minutes,
                                                       1 if args.quick else 2)
