@@ -6,6 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.10,$(shell command -v $(p) 2>/dev/null)))
 # Prometheus text at http://<node>:METRICS_PORT/metrics (Ray's metrics export port; the cluster manifests use 8080)
 METRICS_PORT ?= 8080
+# What takes connections on the service's port: auto (HAProxy where a binary is found; ray[serve] brings one on Linux),
+# haproxy or proxy (Ray Serve's proxy actor); unset: $$PARAKEET_INGRESS, else auto (deployments/front_door.py)
+INGRESS ?=
 # Extras installed beside the service: the tests' and the benchmark's (the container image sets EXTRAS= : serving only)
 EXTRAS ?= [test,bench]
 # torch first, pinned (configs/docker/Dockerfile installs through this Makefile, so the image has these same pins)
@@ -34,7 +37,7 @@ $(STAMP): pyproject.toml
 
 # The preflight, a one-node Ray with its metrics on METRICS_PORT, the app on it; Ctrl-C stops both (deployments/launch.py)
 serve: install
-	$(PY) -m deployments.launch serve_config.yaml --metrics-port $(METRICS_PORT)
+	$(PY) -m deployments.launch serve_config.yaml --metrics-port $(METRICS_PORT) $(if $(INGRESS),--ingress $(INGRESS))
 
 test: install lint
 	$(PY) -m pytest -v

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import random
-import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -96,11 +95,6 @@ def encode(audio: np.ndarray, fmt: str = "WAV", sample_rate: int = SAMPLE_RATE, 
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now (for a test or benchmark Serve proxy)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.audio import SAMPLE_RATE, encode, free_port, load_user_audio, synthetic_speech
+from bench.audio import SAMPLE_RATE, encode, load_user_audio, synthetic_speech
+from deployments.front_door import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -191,10 +192,15 @@ class ResourceSampler(threading.Thread):
 
 
 class Served:
-    def __init__(self, path: str, max_batch_size: int, batch_ms: float, vad: dict, transcriber_cpus: int = 1):
+    def __init__(self, path: str, max_batch_size: int, batch_ms: float, vad: dict, transcriber_cpus: int = 1,
+                 ingress: str | None = None):
         import ray
         from ray import serve
 
+        from deployments.front_door import prepare
+
+        # what make serve runs unless ``ingress`` (or $PARAKEET_INGRESS) says otherwise
+        self.front_door, self._haproxy_dir = prepare(ingress)
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
@@ -267,16 +273,20 @@ class Served:
         return asyncio.run(go())
 
     def shutdown(self) -> None:
+        import shutil
+
         import ray
         from ray import serve
 
         serve.shutdown()
         ray.shutdown()
+        if self._haproxy_dir:
+            shutil.rmtree(self._haproxy_dir, ignore_errors=True)
 
 
 def serving_cpu_seconds() -> dict[str, float]:
     """User + system CPU seconds of this node's serving processes so far: each deployment's replicas summed under
-    its name, the proxy, the controller, and this process (``client``)."""
+    its name, the proxy (or HAProxy and its manager actor), the controller, and this process (``client``)."""
     import psutil
 
     found: dict[str, float] = {}
@@ -287,8 +297,10 @@ def serving_cpu_seconds() -> dict[str, float]:
                 name = "client"
             elif "ray::ServeReplica:" in command:
                 name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
-            elif "ray::ProxyActor" in command or "ray::ServeController" in command:
+            elif any(f"ray::{actor}" in command for actor in ("ProxyActor", "HAProxyManager", "ServeController")):
                 name = command.split("ray::", 1)[1].split()[0]
+            elif os.path.basename(command.split(" ", 1)[0]) == "haproxy":
+                name = "haproxy"
             else:
                 continue
             times = proc.cpu_times()
@@ -598,6 +610,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
     parser.add_argument("--no-serve", action="store_true", help="raw in-process numbers only")
+    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default=None,
+                        help="HAProxy or Serve's proxy in front (deployments/front_door.py; default: $PARAKEET_INGRESS, "
+                             "else auto, as make serve)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 s of audio, concurrency 1, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
@@ -641,7 +656,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_serve:
         sampler = ResourceSampler()
         sampler.start()
-        served = Served(path, args.max_batch_size, args.batch_ms, vad, args.transcriber_cpus)
+        served = Served(path, args.max_batch_size, args.batch_ms, vad, args.transcriber_cpus, args.ingress)
+        report["ingress"] = served.front_door
         progress = tqdm(total=len(clips) * len(args.configs) * len(args.concurrency), desc="served", unit="row")
         try:
             for name, audio in clips:

@@ -327,7 +327,8 @@ def splits(served: Served, pause_ms: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Live turns: {report['name']}", "", f"`{report['command']}` ({report['machine']})", "",
+    lines = [f"# Live turns: {report['name']}", "",
+             f"`{report['command']}` ({report['machine']}; ingress: {report.get('ingress', 'proxy')})", "",
              "Time to final transcript from the true end of speech (ms):", "",
              "| row | sessions | utterances | p50 | p95 | p99 | node CPU busy | VAD steps / Segmenter call |",
              "|---|---|---|---|---|---|---|---|"]
@@ -423,10 +424,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--listen", action="store_true",
                         help="only Deepgram's /v1/listen against /v1/audio/stream asking for the same (timestamps: "
                              "words with times, as every Results message carries), 1 and 8 sessions")
-    parser.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
-                        help="haproxy: Ray Serve's direct ingress behind HAProxy (RAY_SERVE_ENABLE_HA_PROXY and "
-                             "RAY_SERVE_ENABLE_DIRECT_INGRESS; needs the haproxy binary): clients reach the Ingress "
-                             "replicas' own servers instead of going through Serve's proxy actor")
+    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default=None,
+                        help="what clients connect to (deployments/front_door.py): HAProxy in front of the Ingress "
+                             "replicas' own servers, or Serve's proxy actor (default: $PARAKEET_INGRESS, else auto: "
+                             "haproxy where a binary is found, as make serve)")
     parser.add_argument("--ttfs-only", action="store_true", help="only the time-to-final rows")
     parser.add_argument("--splits-only", action="store_true",
                         help="only the split rows, added to an existing report of the same name")
@@ -437,18 +438,11 @@ def main(argv: list[str] | None = None) -> dict:
     from deployments.speech.settings import StreamSettings
 
     path = model_path(args.model, Path("/tmp/parakeet-bench"))
-    if args.ingress == "haproxy":
-        import shutil
-
-        if not shutil.which("haproxy"):
-            parser.error("--ingress haproxy needs the haproxy binary (Debian / Ubuntu: apt-get install haproxy)")
-        # read by Ray's processes when the local cluster starts (Served starts it)
-        os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_ENABLE_DIRECT_INGRESS="1")
-    served = Served(path, 4, 15, {})
+    served = Served(path, 4, 15, {}, ingress=args.ingress)
     default = StreamSettings().end_of_utterance_ms
     report = {"name": args.name, "command": "python -m bench.turns " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "default_pause_ms": default, "ttfs": []}
+              "ingress": served.front_door, "default_pause_ms": default, "ttfs": []}
     many = 2 if args.quick else 5  # utterances per session when several sessions run
     one = 6 if args.quick else 20
     plan = [(f"pause {default} ms (default)", 1, one, {}, None, 0)]

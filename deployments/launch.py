@@ -8,12 +8,17 @@ nothing else).
 on each start), and ``ray start`` + ``serve run`` + ``ray stop`` would stop every Ray on the machine on the way
 out. The config's ``http_options``, ``proxy_location`` and application (its ``args`` and ``deployments``) apply as
 ``serve run`` applies them.
+
+``--ingress`` (default: $PARAKEET_INGRESS, else auto): what takes connections on the config's port, HAProxy in front
+of the Ingress replicas' own servers or Ray Serve's proxy actor (deployments/front_door.py); auto is HAProxy where a
+binary is found (ray[serve] brings one on Linux).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import sys
 import threading
@@ -22,7 +27,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from deployments import preflight
+from deployments import front_door, preflight
 from deployments.app import APP_NAME, compose_app, config_application, deployment_options
 
 
@@ -30,8 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus text at :PORT/metrics")
+    parser.add_argument("--ingress", choices=("auto", *front_door.FRONT_DOORS), default=None,
+                        help=f"haproxy or Serve's proxy (default: ${front_door.CHOICE_VARIABLE}, else auto)")
     args = parser.parse_args(argv)
     preflight.main([args.config])
+    try:  # before ray.init: Ray's processes read it from the environment they start with
+        ingress, haproxy_dir = front_door.prepare(args.ingress)
+    except ValueError as exc:
+        raise SystemExit(f"--ingress: {exc}") from None
 
     import ray
     from ray import serve
@@ -51,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         serve.run(compose_app(application.get("args", {}), deployment_options(application)), name=APP_NAME,
                   route_prefix=application.get("route_prefix", "/"), blocking=False)
         http = config.get("http_options", {})
-        print(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (demo: /demo); metrics "
-              f"on :{args.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
+        print(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (demo: /demo) through "
+              f"{'HAProxy' if ingress == 'haproxy' else 'Ray Serve proxy'}; metrics on :{args.metrics_port}/metrics. "
+              "Ctrl-C stops it.", flush=True)
         stop.wait()
         print("Stopping...", flush=True)
     finally:
@@ -60,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         serve.shutdown()
         ray.shutdown()
         _reap(started)
+        if haproxy_dir:
+            shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 def _descendants() -> list:

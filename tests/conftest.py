@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class LocalRay:
     cluster: Any  # ray.cluster_utils.Cluster
     serve_url: str
     metrics_url: str  # the head node's Prometheus endpoint
+    front_door: str  # "haproxy" or "proxy" (deployments/front_door.py): what clients connect to
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,10 @@ def local_ray() -> LocalRay:
     from ray import serve
     from ray.cluster_utils import Cluster
 
+    from deployments.front_door import prepare
+
+    # what make serve runs (PARAKEET_INGRESS=proxy runs the suite through Serve's proxy), in files of its own
+    front_door, haproxy_dir = prepare()
     metrics_port = free_port()
     # Ray's own multi-node test cluster: one head now, more nodes where a test needs them (test_multinode).
     # Logical CPUs: every replica of the graph must be schedulable on a 2-core CI machine. Metrics are reported
@@ -57,12 +63,14 @@ def local_ray() -> LocalRay:
     ray.init(address=cluster.address, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     port = free_port()
-    # One HTTP proxy, on the head: proxies of the other nodes would all bind the same port of this one machine.
+    # One HTTP proxy (or HAProxy), on the head: those of the other nodes would all bind the same port of this machine.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-    yield LocalRay(cluster, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
+    yield LocalRay(cluster, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", front_door)
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
+    if haproxy_dir:
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

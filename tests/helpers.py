@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bench.audio import (DIGITS, FIXTURES, SAMPLE_RATE, Recording, encode, free_port, heldout,  # noqa: F401
+from bench.audio import (DIGITS, FIXTURES, SAMPLE_RATE, Recording, encode, heldout,  # noqa: F401
                          long_recording, phrase_recording, noisy_heldout, random_phrases, word_errors)
+from deployments.front_door import free_port  # noqa: F401
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
@@ -17,6 +18,21 @@ def assert_own_results(references: list[str], hypotheses: list[str]) -> None:
         own = word_errors(references[i], text)
         assert all(own < word_errors(other, text) for j, other in enumerate(references) if j != i), (i, text)
     assert sum(r == h for r, h in zip(references, hypotheses)) >= 0.9 * len(references)
+
+
+def listening_processes(port: int) -> set[str]:
+    """Names of the processes listening on ``port`` of this machine (one by one: the system-wide table may not name
+    them)."""
+    import psutil
+
+    names = set()
+    for process in psutil.process_iter(["name"]):
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
+                names.add(process.info["name"])
+        except psutil.Error:
+            continue
+    return names
 
 
 def normalise(text: str) -> str:

@@ -16,7 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import encode, free_port, phrase_recording, require, wait_for_metrics
+from deployments.front_door import choose
+from tests.helpers import encode, free_port, listening_processes, phrase_recording, require, wait_for_metrics
 from tests.load import wait_until
 
 pytestmark = pytest.mark.integration
@@ -51,6 +52,7 @@ def test_wheelhouse_then_install_offline_then_make_serve(tmp_path, digits_model,
     for package in NOT_SERVING:
         assert f"\n{package}==" not in "\n" + installed, f"{package} is not needed to serve"
 
+    haproxy_folders = set(Path("/tmp").glob("pkh-*"))  # (the tests' own cluster has one)
     env = {**os.environ, "PARAKEET_MODEL": str(digits_model), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)  # make serve starts its own Ray, beside the tests' cluster
     metrics_port = free_port()
@@ -75,6 +77,8 @@ def test_wheelhouse_then_install_offline_then_make_serve(tmp_path, digits_model,
         expected = httpx.post(digits_app.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                               timeout=60)
         assert answer.status_code == 200 and answer.json()["text"] == expected.json()["text"]
+        # the front door the tests run through is make serve's too (HAProxy, where ray[serve] brought a binary)
+        assert ("haproxy" in listening_processes(8000)) == (choose() == "haproxy")
         # metrics on the port asked for (Ray reports every 10 s outside the tests)
         metrics = wait_for_metrics(f"http://127.0.0.1:{metrics_port}/metrics",
                                    lambda s: s.value("ray_parakeet_requests_total", route="openai") >= 1)
@@ -95,3 +99,4 @@ def test_wheelhouse_then_install_offline_then_make_serve(tmp_path, digits_model,
         return subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
 
     assert wait_until(lambda: not leftovers(), timeout_s=60) is not None, "the service's Ray stopped with it"
+    assert set(Path("/tmp").glob("pkh-*")) == haproxy_folders, "HAProxy's files went with it"
