@@ -38,6 +38,7 @@ from .live_vad import LiveVadState, LiveVadStep
 from .parakeet_defaults import SAMPLE_RATE
 from .protocol import FinalEvent, LiveEvent, NothingToFinalize, PartialEvent, SpeechStarted, SpeechStopped
 from .schemas import Segment, SegmentTokens, SpeechSegment, Word, token_logprobs
+from .segmentation import WINDOW_SAMPLES
 from .settings import StreamSettings, TurnRules, VadSettings
 from .step_batcher import next_tick
 from .timestamps import segment_words
@@ -123,6 +124,7 @@ class UtteranceJoiner:
         self.next_id = 0
         self.last_partial_at = 0
         self.drafted: tuple[int, int] | None = None  # the span of the open turn's first pass
+        self.paused_from: int | None = None  # the open turn's speech ended here and none has started since
 
     def configure(self, rules: TurnRules) -> None:
         self.end_gap = int(rules.end_of_utterance_ms * SAMPLE_RATE / 1000)
@@ -160,8 +162,15 @@ class UtteranceJoiner:
                 out.append(Utterance(self.next_id, candidate.start, candidate.end, "first_pass"))
         if candidate is not None:
             self._start(candidate.start, out)
+        self.paused_from = candidate.speech_end if candidate is not None and speaking_from is None else None
         partial = self._partial(step, speaking_from)
         return out + ([partial] if partial else [])
+
+    @property
+    def pause_due(self) -> int | None:
+        """The sample VAD must have read for the pause rule to end the open turn (None: no turn is in a pause). The
+        stream steps as soon as its audio reaches it, not at the next tick of the step clock."""
+        return None if self.paused_from is None else self.paused_from + max(self.end_gap, 1)
 
     def finalize(self, step: LiveVadStep) -> list[Utterance]:
         """The client ends the turn now (after ``step``, which read all its audio so far): the open turn is final
@@ -225,6 +234,7 @@ class UtteranceJoiner:
         self.pending = None
         self.turn_start = None
         self.drafted = None
+        self.paused_from = None
         self.cut = max(self.cut, piece.end)
         self.next_id += 1
         self.last_partial_at = max(self.last_partial_at, piece.end)
@@ -431,13 +441,21 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     # matters more than sharing the call
     behind = int(STEPS_BEHIND * stream.min_step_ms * SAMPLE_RATE / 1000)
 
-    async def gather_a_step(items: list) -> None:
+    async def gather_a_step(items: list, step: LiveVadStep | None) -> None:
         """Wait for the next tick of the step clock every stream of this process shares (``min_step_ms``), unless a
-        control, the end or an error is already here, or the stream is ``behind``: a real-time client's 20 ms
-        frames become one VAD step a tick, and concurrent streams' steps come due together (the Ingress sends them
-        as one Segmenter call)."""
+        control, the end or an error is already here, the stream is ``behind``, or its audio now reaches the sample
+        where the open turn's pause ends it (that turn's final would wait for the tick for nothing: up to a tick,
+        half of one on average): a real-time client's 20 ms frames become one VAD step a tick, and concurrent
+        streams' steps come due together (the Ingress sends them as one Segmenter call)."""
         deadline = next_tick(time.monotonic(), stream.min_step_ms / 1000)
-        while sum(p.size for p in items if isinstance(p, np.ndarray)) < behind and \
+        due = joiner.pause_due
+        # VAD reads whole windows: the pause is read once the audio reaches the window that holds its last sample
+        ready = None if due is None or step is None else -(-due // WINDOW_SAMPLES) * WINDOW_SAMPLES - step.received
+
+        def buffered() -> int:
+            return sum(p.size for p in items if isinstance(p, np.ndarray))
+
+        while buffered() < behind and (ready is None or buffered() < ready) and \
                 all(isinstance(p, np.ndarray) for p in items):
             try:
                 items.append(await asyncio.wait_for(incoming.get(), max(0.0, deadline - time.monotonic())))
@@ -455,7 +473,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
                 items = [await incoming.get()]
                 while not incoming.empty():
                     items.append(incoming.get_nowait())
-                await gather_a_step(items)
+                await gather_a_step(items, step)
                 if any(isinstance(p, BaseException) for p in items):
                     raise next(p for p in items if isinstance(p, BaseException))
                 waiting[0] -= sum(len(p) for p in items if isinstance(p, np.ndarray))

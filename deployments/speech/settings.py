@@ -128,8 +128,9 @@ class StreamSettings(BaseModel):
                                                            "VAD once a tick of this period (a real-time client's "
                                                            "20 ms frames: a few per step), every stream of an Ingress "
                                                            "on the same ticks, so their steps go to the Segmenter "
-                                                           "together. A finalize, the end, or a stream 4 ticks behind "
-                                                           "steps at once")
+                                                           "together. A finalize, the end, a stream 4 ticks behind, "
+                                                           "or one whose audio completes its turn's pause steps at "
+                                                           "once")
     step_window_ms: int = Field(4, ge=0, le=100, description="how long an Ingress gathers its streams' VAD steps "
                                                              "before sending them as one Segmenter call (steps of "
                                                              "one tick reach it within a few milliseconds)")

@@ -4,6 +4,7 @@ and the event loop (with an in-process Segmenter and a fake model: glue code).""
 import asyncio
 import pickle
 import random
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +130,67 @@ def test_a_turn_ends_its_tail_after_the_speech_so_its_first_pass_does_not_wait_f
         (0, *span, "final")]
     # a tail longer than the pad is the pad
     assert UtteranceJoiner(TurnRules(), VAD, partials=False, tail_ms=10 * VAD.speech_pad_ms).tail == PAD
+
+
+def test_a_turn_in_its_pause_says_where_the_pause_ends_it():
+    """``pause_due``: the sample VAD must have read for the pause rule to end the open turn (the stream steps as soon
+    as its audio reaches it); none while someone speaks or once the turn is final; it follows a new pause rule."""
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False, tail_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    assert joiner.pause_due is None
+    joiner.update(step_with(tentative=(S // 2, 2 * S), position=int(2.1 * S)))
+    due = 2 * S + 300 * S // 1000
+    assert joiner.pause_due == due
+    joiner.configure(TurnRules(end_of_utterance_ms=500))
+    assert joiner.pause_due == 2 * S + S // 2
+    joiner.configure(TurnRules(end_of_utterance_ms=300))
+    assert "final" not in [u.kind for u in joiner.update(step_with(tentative=(S // 2, 2 * S), position=due - 1))]
+    assert [u.kind for u in joiner.update(step_with(tentative=(S // 2, 2 * S), position=due))] == ["final"]
+    assert joiner.pause_due is None
+    # speech that resumes within the pause: no pause is running
+    joiner.update(step_with(speaking_from=3 * S, position=int(3.2 * S)))
+    joiner.update(step_with(tentative=(3 * S, 4 * S), position=int(4.1 * S)))
+    assert joiner.pause_due == 4 * S + 300 * S // 1000
+    joiner.update(step_with(tentative=(3 * S, 4 * S), speaking_from=int(4.2 * S), position=int(4.25 * S)))
+    assert joiner.pause_due is None
+
+
+def test_a_turn_whose_pause_is_complete_is_final_before_the_next_tick(recordings):
+    """The step clock ticks once a second here. The turn's speech and the start of its pause go through VAD at one
+    tick; right after the next tick the rest of the pause arrives at once: its final comes at once, not a tick
+    (~0.95 s) later."""
+    from deployments.speech.step_batcher import next_tick
+
+    audio = recordings[0]
+    detector = SpeechDetector(VAD.model_copy(update={"merge_up_to_s": 0.0}))
+    first = detector.segments(audio)[0]
+    speech_end = first.end - PAD
+    settings = StreamSettings(min_step_ms=1000, end_of_utterance_ms=300)
+    live = LiveVad(VAD)
+    sent: dict[str, float] = {}
+
+    async def vad_step(state, samples, last):
+        await asyncio.sleep(0)
+        return live.step([(state, samples, last)])[0]
+
+    async def transcribe(samples, priority, keyterms=None):
+        return SegmentTokens(text="words")
+
+    async def chunks():
+        yield audio[:speech_end + 150 * S // 1000]  # the speech and half the pause: VAD hears the speech end
+        await asyncio.sleep(next_tick(time.monotonic(), 1.0) + 0.05 - time.monotonic())  # (after that tick)
+        sent["rest"] = time.monotonic()
+        yield np.zeros(300 * S // 1000, np.float32)
+        await asyncio.sleep(3)
+
+    async def run() -> float:
+        async for event in live_events(chunks(), vad_step, transcribe, None, settings, VAD):
+            if isinstance(event, FinalEvent):
+                return time.monotonic() - sent["rest"]
+        raise AssertionError("no final")
+
+    waited = asyncio.run(run())
+    assert waited < 0.5, f"the final waited {waited:.2f} s: for the next tick"
 
 
 def test_speech_that_resumes_within_the_pause_drops_the_first_pass_and_joins_the_turn():
