@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "replicas' own servers, or Serve's proxy actor (default: $PARAKEET_INGRESS, else auto: "
                              "haproxy where a binary is found, as make serve)")
     parser.add_argument("--ttfs-only", action="store_true", help="only the time-to-final rows")
+    parser.add_argument("--rows", nargs="*", default=None, metavar="ROW:SESSIONS",
+                        help="only these time-to-final rows, e.g. 'finalize 200 ms:8' 'finalize 200 ms + 2 uploads:8' "
+                             "(implies --ttfs-only)")
     parser.add_argument("--splits-only", action="store_true",
                         help="only the split rows, added to an existing report of the same name")
     args = parser.parse_args(argv)
@@ -458,6 +461,12 @@ def main(argv: list[str] | None = None) -> dict:
         stamped = {"end_of_utterance_ms": 2000, "timestamps": True}
         plan = [("listen: Finalize 200 ms", 1, one, {}, 0.2, 0), ("finalize 200 ms, words", 1, one, stamped, 0.2, 0),
                 ("listen: Finalize 200 ms", 8, many, {}, 0.2, 0), ("finalize 200 ms, words", 8, many, stamped, 0.2, 0)]
+    if args.rows is not None:
+        wanted = {tuple(r.rsplit(":", 1)) for r in args.rows}
+        plan = [step for step in plan if (step[0], str(step[1])) in wanted]
+        if len(plan) != len(wanted):
+            parser.error(f"--rows: no such row in {sorted(wanted)}")
+        args.ttfs_only = True
     existing = Path(args.out_dir) / f"{args.name}.json"
     if args.splits_only:  # (a report of that name gets the new split rows; without one, a report of only those)
         report = json.loads(existing.read_text()) if existing.is_file() else report

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import os
 import time
 from typing import Callable, NamedTuple
@@ -29,13 +30,16 @@ from deployments.metrics import TranscriberMetrics
 from deployments.speech.batching import ItemFailure, run_isolated
 from deployments.speech.errors import InvalidRequest, ModelUnavailable, NotFound
 from deployments.speech.keyterms import Keyterms
-from deployments.speech.model_queue import CONTROL, LIVE, PRIORITIES, ModelQueue
+from deployments.speech.model_queue import CONTROL, LIVE, PRIORITIES, ModelQueue, segments_per_call
 from deployments.speech.parakeet_defaults import SAMPLE_RATE
 from deployments.speech.schemas import SegmentTokens
 from deployments.speech.settings import AppSettings, BatchSettings
 
 log = logging.getLogger("ray.serve")
 DEFAULT_BATCHING = BatchSettings()
+# Live work this recent on a replica means live streams use it: its file segments run in smaller model calls
+# (stream.file_segments_per_call). Longer than a turn's usual pause, so a voice agent's next turn finds it so.
+LIVE_RECENT_S = 10.0
 
 
 class LoadedModel:
@@ -78,6 +82,8 @@ class Transcriber:
         self._batchers = {priority: getattr(self, _batch_name(priority)) for priority in PRIORITIES}
         # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
         self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
+        self.live_seen_at = -math.inf  # (time.monotonic) the last live call's arrival
+        self.file_calls_beside_live: dict[int, int] = {}  # file model calls made while live work was about, by size
         self.batching = DEFAULT_BATCHING
         self.loaded: dict[str, LoadedModel] = {}
         self.load_seconds: dict[str, float] = {}
@@ -172,6 +178,8 @@ class Transcriber:
         if not 0 <= start < end <= len(audio):
             raise InvalidRequest(f"Segment [{start}, {end}) is outside the audio (0..{len(audio)}).",
                                  code="invalid_segment")
+        if priority in LIVE:
+            self.live_seen_at = time.monotonic()
         arrival = Arrival(time.perf_counter(), self._queue.started_below(PRIORITIES[priority]))
         result = await self._batchers[priority](audio[start:end], model_id, keyterms, arrival)
         if isinstance(result, ItemFailure):
@@ -217,14 +225,22 @@ class Transcriber:
             return [ItemFailure(ModelUnavailable(f"The model {model_id!r} could not be loaded on this replica."))
                     ] * len(segments)
         items = list(zip(segments, keyterms or [None] * len(segments), arrivals or [None] * len(segments)))
-        # A job's model call holds at most jobs.segments_per_model_call segments, so live or synchronous work that
-        # comes meanwhile runs before the next one and never waits behind a whole batch of background work.
-        most = self.settings.jobs.segments_per_model_call if priority == "job" else self.batching.max_batch_size
+        # one queue call per segment: the queue joins the waiting ones into model calls of the size due when the
+        # model frees up (smaller ones while live work is about, even for segments that came before it)
+        most = functools.partial(self._segments_per_call, priority)
         calls = [asyncio.wrap_future(self._queue.submit_items(
-            PRIORITIES[priority], (model_id, id(recognizer)), items[i:i + most],
-            functools.partial(self._run_batch, model_id, recognizer, priority), most))
-            for i in range(0, len(items), most)]
+            PRIORITIES[priority], (model_id, id(recognizer)), [item],
+            functools.partial(self._run_batch, model_id, recognizer, priority), most)) for item in items]
         return [result for outcome in await asyncio.gather(*calls) for result in outcome]
+
+    def _segments_per_call(self, priority: str) -> int:
+        """(model_queue.segments_per_call, asked when the model frees up)"""
+        return segments_per_call(priority, self.batching.max_batch_size, self.settings.jobs.segments_per_model_call,
+                                 self.settings.stream.file_segments_per_call, self.device.startswith("cuda"),
+                                 self._live_about())
+
+    def _live_about(self) -> bool:
+        return time.monotonic() - self.live_seen_at < LIVE_RECENT_S
 
     def _run_batch(self, model_id: str, recognizer, priority: str,
                    items: list[tuple[np.ndarray, Keyterms | None, Arrival | None]]
@@ -238,6 +254,8 @@ class Transcriber:
         plan = recognizer.plan_batches(lengths)  # (planned once: the padding metric and the call use the same plan)
         if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
+        if priority == "file" and self._live_about():
+            self.file_calls_beside_live[len(items)] = self.file_calls_beside_live.get(len(items), 0) + 1
         if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
             below = self._queue.started_below(PRIORITIES[priority])
             self.live_waits.extend(below - arrival.bulk_started for _, _, arrival in items if arrival is not None)
@@ -261,6 +279,7 @@ class Transcriber:
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
                  "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),
                  "evictions": self.evictions, "live_waits": list(self.live_waits),
+                 "file_calls_beside_live": dict(self.file_calls_beside_live),
                  "calls_started": {level: count for level, count in self._queue.started.items()}}
         if self.device.startswith("cuda"):
             import torch

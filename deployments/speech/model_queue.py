@@ -29,6 +29,20 @@ PRIORITIES = {"final": 0, "draft": 1, "partial": 2, "file": 3, "job": 4}
 LIVE = ("final", "draft", "partial")
 
 
+def segments_per_call(priority: str, whole: int, job_segments: int, file_segments: int | str, on_gpu: bool,
+                      live_about: bool) -> int:
+    """The most segments one model call of ``priority`` work holds: ``whole`` (the batch size) but for background
+    and bulk work, which more urgent work that comes meanwhile must not wait behind in full. A job's call holds
+    ``job_segments``; a file's, while live work is about, ``file_segments`` ("auto": one on CPU, where a call of
+    four long segments takes about a second, and the whole batch on a GPU, where a call takes tens of ms)."""
+    if priority == "job":
+        return min(whole, job_segments)
+    if priority == "file" and live_about:
+        return whole if file_segments == "auto" and on_gpu else min(whole, 1 if file_segments == "auto"
+                                                                    else int(file_segments))
+    return whole
+
+
 @dataclass(order=True)
 class _Call:
     priority: int
@@ -37,7 +51,8 @@ class _Call:
     work: Callable = field(compare=False)
     args: tuple = field(compare=False, default=())
     group: Hashable | None = field(compare=False, default=None)  # calls of one group may run as one: work(items)
-    most: int = field(compare=False, default=0)  # the most items a call of the group may hold
+    # the most items a call of the group may hold; a function is asked when the call starts (what is due then)
+    most: int | Callable[[], int] = field(compare=False, default=0)
 
 
 class ModelQueue:
@@ -54,10 +69,11 @@ class ModelQueue:
         return self._push(_Call(priority, next(self._order), Future(), work, args))
 
     def submit_items(self, priority: int, group: Hashable, items: Sequence, work: Callable[[list], list],
-                     most: int) -> Future:
+                     most: int | Callable[[], int]) -> Future:
         """Run ``work(items)`` (one result per item) like ``submit``; if other calls of the same priority and
         ``group`` wait when it starts, as many as fit in ``most`` items go with it, in order, as one
-        ``work(all their items)`` call. The future holds this call's own results."""
+        ``work(all their items)`` call (``most`` a function: its answer when the call starts). The future holds
+        this call's own results."""
         return self._push(_Call(priority, next(self._order), Future(), work, (list(items),), group, most))
 
     def started_below(self, priority: int) -> int:
@@ -81,10 +97,11 @@ class ModelQueue:
         if head.group is None:
             return [head]
         taken, size, kept, full = [head], len(head.args[0]), [], False
+        most = head.most() if callable(head.most) else head.most
         for call in sorted(self._heap):
             # the group's calls in order, up to the first that does not fit (no later call goes ahead of it)
             if not full and call.priority == head.priority and call.group == head.group:
-                full = size + len(call.args[0]) > head.most
+                full = size + len(call.args[0]) > most
                 if full:
                     kept.append(call)
                 elif call.future.set_running_or_notify_cancel():  # (a call cancelled while it waited is dropped)

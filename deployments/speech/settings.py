@@ -7,7 +7,7 @@ can be pointed at a local checkpoint without editing the file.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,6 +134,11 @@ class StreamSettings(BaseModel):
     step_window_ms: int = Field(4, ge=0, le=100, description="how long an Ingress gathers its streams' VAD steps "
                                                              "before sending them as one Segmenter call (steps of "
                                                              "one tick reach it within a few milliseconds)")
+    file_segments_per_call: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="while a Transcriber replica has live work (any in its last 10 s), a file's segments per "
+                            "model call on it, so a turn's final waits behind at most one such call. auto: 1 on CPU "
+                            "(a call of four 12 s segments takes ~1 s on one core) and the whole batch on a GPU (a "
+                            "call takes tens of ms there, and batching is what makes it fast)")
     max_buffered_s: float = Field(60.0, gt=1, description="audio a stream may have waiting; more is an error")
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary frame (or Realtime append) accepted")
     max_commit_s: float = Field(600.0, gt=0, description="Realtime manual-commit sessions: audio the input buffer "

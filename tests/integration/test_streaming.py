@@ -346,7 +346,8 @@ def test_turn_rules_change_mid_stream_and_bad_values_are_named(app):
 
 def test_a_live_final_waits_for_at_most_one_batch_while_a_long_upload_runs(app):
     """A long file's segments queue in the Transcriber; a live turn's final goes ahead of them: at most the model
-    call already running (a file batch) starts between its arrival and its own call."""
+    call already running (a file call) starts between its arrival and its own call, and while live work is about
+    the file's calls hold one segment each (stream.file_segments_per_call, auto on CPU), not a whole batch."""
     import threading
 
     transcriber = app.deployment("Transcriber")
@@ -375,3 +376,7 @@ def test_a_live_final_waits_for_at_most_one_batch_while_a_long_upload_runs(app):
     stats = transcriber.stats.remote().result()
     waits = stats["live_waits"][len(before["live_waits"]):]
     assert waits and max(waits) <= 1, waits
+    # and that one call was small: beside live work the file's segments went one per model call (CPU: auto is 1)
+    beside = {size: count - before["file_calls_beside_live"].get(size, 0)
+              for size, count in stats["file_calls_beside_live"].items()}
+    assert sum(beside.values()) >= 2 and {size for size, count in beside.items() if count} == {1}, beside

@@ -96,3 +96,44 @@ def test_a_later_call_never_joins_ahead_of_an_earlier_one_that_did_not_fit():
     running.result(timeout=5)
     assert [f.result(timeout=5) for f in futures] == [["a"], ["b", "c", "d"], ["e"]]
     assert calls == [["a"], ["b", "c", "d"], ["e"]]  # (not ["a", "e"] first: "e" came after "b c d")
+
+
+def test_a_limit_given_as_a_function_is_asked_when_the_call_starts():
+    """File segments are queued one by one with the Transcriber's rule as the limit: the size due when the model
+    frees up decides (one segment per call once live work is about), not the size due when they were queued."""
+    queue = ModelQueue()
+    gate, calls, limit = threading.Event(), [], [4]
+    running = queue.submit(PRIORITIES["final"], gate.wait)
+
+    def work(items: list) -> list:
+        calls.append(list(items))
+        return items
+
+    waiting = [queue.submit_items(PRIORITIES["file"], "model", [i], work, lambda: limit[0]) for i in range(4)]
+    limit[0] = 1  # live work came while they waited
+    gate.set()
+    running.result(timeout=5)
+    assert [f.result(timeout=5) for f in waiting] == [[0], [1], [2], [3]]
+    assert calls == [[0], [1], [2], [3]]
+    # and without live work the same four join into one call
+    gate.clear()
+    calls.clear()
+    limit[0] = 4
+    running = queue.submit(PRIORITIES["final"], gate.wait)
+    waiting = [queue.submit_items(PRIORITIES["file"], "model", [i], work, lambda: limit[0]) for i in range(4)]
+    gate.set()
+    assert [f.result(timeout=5) for f in waiting] == [[0], [1], [2], [3]]
+    assert calls == [[0, 1, 2, 3]]
+
+
+def test_bulk_work_runs_in_smaller_calls_where_more_urgent_work_would_wait_behind_it():
+    from deployments.speech.model_queue import segments_per_call
+
+    def size(priority, file_segments="auto", on_gpu=False, live_about=True, whole=4, job_segments=2):
+        return segments_per_call(priority, whole, job_segments, file_segments, on_gpu, live_about)
+
+    assert size("final") == size("draft") == size("partial") == 4  # live work: whole batches
+    assert size("file", live_about=False) == 4  # no live work about: files batch as Serve forms them
+    assert size("file") == 1 and size("file", on_gpu=True) == 4  # auto: one segment on CPU, the batch on a GPU
+    assert size("file", file_segments=2, on_gpu=True) == 2 and size("file", file_segments=8) == 4
+    assert size("job", live_about=False) == 2 and size("job", job_segments=8) == 4
