@@ -179,6 +179,7 @@ def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize
         thread.start()
     if uploads:
         time.sleep(2.0)  # the uploads' segments are queued in the Transcriber before the first turn ends
+    files_before = served.stats()["items_by_priority"]["file"]
 
     async def everyone() -> list[list[float]]:
         return await asyncio.gather(*[run_session(url, plan, config, finalize_after_s) for plan in plans])
@@ -191,7 +192,9 @@ def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize
         stop.set()
         for thread in threads:
             thread.join(timeout=600)
-    return {"sessions": sessions, "utterances": len(latencies), **percentiles(latencies), **cost}
+    # what the live sessions cost the uploads: their segments transcribed meanwhile
+    done = {"upload_segments_done": served.stats()["items_by_priority"]["file"] - files_before} if uploads else {}
+    return {"sessions": sessions, "utterances": len(latencies), **percentiles(latencies), **cost, **done}
 
 
 def partial_cost(served: Served, lengths: list[float]) -> list[dict]:
