@@ -295,10 +295,12 @@ def serving_cpu_seconds() -> dict[str, float]:
             command = " ".join(proc.info["cmdline"] or [])
             if proc.pid == os.getpid():
                 name = "client"
+            # (Ray retitles a process with the method it runs, "Segmenter.handle_request_with_rejection": the name
+            # stops at the dot, or a row's before and after would land in two names)
             elif "ray::ServeReplica:" in command:
-                name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+                name = command.split("ray::ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1].split(".")[0]
             elif any(f"ray::{actor}" in command for actor in ("ProxyActor", "HAProxyManager", "ServeController")):
-                name = command.split("ray::", 1)[1].split()[0]
+                name = command.split("ray::", 1)[1].split()[0].split(".")[0]
             elif os.path.basename(command.split(" ", 1)[0]) == "haproxy":
                 name = "haproxy"
             else:
