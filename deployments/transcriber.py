@@ -83,7 +83,8 @@ class Transcriber:
         # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
         self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
         self.live_seen_at = -math.inf  # (time.monotonic) the last live call's arrival
-        self.file_calls_beside_live: dict[int, int] = {}  # file model calls made while live work was about, by size
+        self.file_calls_beside_live: dict[int, int] = {}  # file model calls sized while live work was about, by size
+        self._file_call_beside_live = False  # (worker thread) how the file call about to run was sized
         self.batching = DEFAULT_BATCHING
         self.loaded: dict[str, LoadedModel] = {}
         self.load_seconds: dict[str, float] = {}
@@ -234,10 +235,14 @@ class Transcriber:
         return [result for outcome in await asyncio.gather(*calls) for result in outcome]
 
     def _segments_per_call(self, priority: str) -> int:
-        """(model_queue.segments_per_call, asked when the model frees up)"""
+        """(model_queue.segments_per_call, asked on the worker thread when the model frees up; the file call it sizes
+        runs next on that thread, and counts itself by this same answer)"""
+        live_about = self._live_about()
+        if priority == "file":
+            self._file_call_beside_live = live_about
         return segments_per_call(priority, self.batching.max_batch_size, self.settings.jobs.segments_per_model_call,
                                  self.settings.stream.file_segments_per_call, self.device.startswith("cuda"),
-                                 self._live_about())
+                                 live_about)
 
     def _live_about(self) -> bool:
         return time.monotonic() - self.live_seen_at < LIVE_RECENT_S
@@ -254,7 +259,7 @@ class Transcriber:
         plan = recognizer.plan_batches(lengths)  # (planned once: the padding metric and the call use the same plan)
         if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
-        if priority == "file" and self._live_about():
+        if priority == "file" and self._file_call_beside_live:
             self.file_calls_beside_live[len(items)] = self.file_calls_beside_live.get(len(items), 0) + 1
         if priority in LIVE:  # how many less urgent calls went ahead of these live segments (at most the running one)
             below = self._queue.started_below(PRIORITIES[priority])
