@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, load_user_audio, synthetic_speech
+from deployments import front_door
 from deployments.front_door import free_port
 
 RESULTS = Path(__file__).parent / "results"
@@ -197,10 +198,8 @@ class Served:
         import ray
         from ray import serve
 
-        from deployments.front_door import prepare
-
         # what make serve runs unless ``ingress`` (or $PARAKEET_INGRESS) says otherwise
-        self.front_door, self._haproxy_dir = prepare(ingress)
+        self.front_door, self._haproxy_dir = front_door.prepare(ingress)
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
@@ -612,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--work-dir", default="/tmp/parakeet-bench")
     parser.add_argument("--no-serve", action="store_true", help="raw in-process numbers only")
-    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default=None,
+    parser.add_argument("--ingress", choices=front_door.CHOICES, default=None,
                         help="HAProxy or Serve's proxy in front (deployments/front_door.py; default: $PARAKEET_INGRESS, "
                              "else auto, as make serve)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 s of audio, concurrency 1, 1 round")

@@ -39,6 +39,7 @@ import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech, word_errors
 from bench.run import RESULTS, NodeLoad, Served, model_path
+from deployments import front_door
 
 FRAME_S = 0.02
 QUIET_S = 1.6
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--listen", action="store_true",
                         help="only Deepgram's /v1/listen against /v1/audio/stream asking for the same (timestamps: "
                              "words with times, as every Results message carries), 1 and 8 sessions")
-    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default=None,
+    parser.add_argument("--ingress", choices=front_door.CHOICES, default=None,
                         help="what clients connect to (deployments/front_door.py): HAProxy in front of the Ingress "
                              "replicas' own servers, or Serve's proxy actor (default: $PARAKEET_INGRESS, else auto: "
                              "haproxy where a binary is found, as make serve)")

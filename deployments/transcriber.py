@@ -237,15 +237,12 @@ class Transcriber:
     def _segments_per_call(self, priority: str) -> int:
         """(model_queue.segments_per_call, asked on the worker thread when the model frees up; the file call it sizes
         runs next on that thread, and counts itself by this same answer)"""
-        live_about = self._live_about()
+        live_about = time.monotonic() - self.live_seen_at < LIVE_RECENT_S
         if priority == "file":
             self._file_call_beside_live = live_about
         return segments_per_call(priority, self.batching.max_batch_size, self.settings.jobs.segments_per_model_call,
                                  self.settings.stream.file_segments_per_call, self.device.startswith("cuda"),
                                  live_about)
-
-    def _live_about(self) -> bool:
-        return time.monotonic() - self.live_seen_at < LIVE_RECENT_S
 
     def _run_batch(self, model_id: str, recognizer, priority: str,
                    items: list[tuple[np.ndarray, Keyterms | None, Arrival | None]]

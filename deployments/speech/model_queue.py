@@ -38,8 +38,9 @@ def segments_per_call(priority: str, whole: int, job_segments: int, file_segment
     if priority == "job":
         return min(whole, job_segments)
     if priority == "file" and live_about:
-        return whole if file_segments == "auto" and on_gpu else min(whole, 1 if file_segments == "auto"
-                                                                    else int(file_segments))
+        if file_segments == "auto":
+            return whole if on_gpu else 1
+        return min(whole, int(file_segments))
     return whole
 
 
