@@ -92,6 +92,7 @@ class Transcriber:
         self.items_by_priority = {priority: 0 for priority in PRIORITIES}  # segments transcribed, by kind of work
         # Serve batches, by kind of work (a batch may hold several models' segments)
         self.batches_by_priority = {priority: 0 for priority in PRIORITIES}
+        self.audio_seconds_by_priority = {priority: 0.0 for priority in PRIORITIES}  # audio the model ran, by kind
         self.batch_sizes: dict[int, int] = {}
         self.model_batch_sizes: dict[str, dict[int, int]] = {}  # model calls: each holds one model's segments
         self.model_seconds = 0.0  # time inside the model (worker thread), for operators and the benchmark
@@ -253,6 +254,7 @@ class Transcriber:
         lengths = [len(segment) for segment, _, _ in items]
         self._metrics.batch_size.observe(len(items), tags={"model": model_id})
         self._metrics.audio_seconds.inc(sum(lengths) / SAMPLE_RATE, tags={"model": model_id})
+        self.audio_seconds_by_priority[priority] += sum(lengths) / SAMPLE_RATE
         plan = recognizer.plan_batches(lengths)  # (planned once: the padding metric and the call use the same plan)
         if padding := recognizer.padding_samples(lengths, plan):
             self._metrics.padding_seconds.inc(padding / SAMPLE_RATE, tags={"model": model_id})
@@ -277,6 +279,7 @@ class Transcriber:
         stats = {"batches": sum(self.batches_by_priority.values()), "items": sum(self.items_by_priority.values()),
                  "items_by_priority": dict(self.items_by_priority),
                  "batches_by_priority": dict(self.batches_by_priority), "batch_sizes": dict(self.batch_sizes),
+                 "audio_seconds_by_priority": dict(self.audio_seconds_by_priority),
                  "model_batch_sizes": {m: dict(sizes) for m, sizes in self.model_batch_sizes.items()},
                  "model_seconds": self.model_seconds, "batching": self.batching.model_dump(),
                  "loaded_models": list(self.loaded), "load_seconds": dict(self.load_seconds),
