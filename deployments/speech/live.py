@@ -109,12 +109,14 @@ class UtteranceJoiner:
     """VAD steps -> turns (``Utterance`` decisions), by the stream's ``TurnRules``. Pure: no I/O, no clock."""
 
     def __init__(self, rules: TurnRules, vad: VadSettings, partials: bool, first_pass: bool = True,
-                 tail_ms: int | None = None):
+                 tail_ms: int | None = None, end_lag_ms: int = 0):
         self.max_length = int(vad.max_segment_s * SAMPLE_RATE)
         self.min_speech = int(vad.min_speech_duration_ms * SAMPLE_RATE / 1000)
         self.pad = int(vad.speech_pad_ms * SAMPLE_RATE / 1000)
         # a turn's audio ends this far after its speech (None: the segment's whole padding)
         self.tail = self.pad if tail_ms is None else min(self.pad, int(tail_ms * SAMPLE_RATE / 1000))
+        # pauses count from this long before where VAD says speech ended (it says so late)
+        self.end_lag = int(end_lag_ms * SAMPLE_RATE / 1000)
         self.partials = partials
         self.first_pass = first_pass
         self.configure(rules)
@@ -202,8 +204,9 @@ class UtteranceJoiner:
         ending ``self.tail`` after its speech."""
         if segment is None or speech is None or speech[1] <= self.cut:  # (speech ends within its padded segment)
             return None
-        return _Piece(max(segment.start, self.cut), min(segment.end, speech[1] + self.tail), max(speech[0], self.cut),
-                      max(speech[1], self.cut))
+        start = max(speech[0], self.cut)
+        return _Piece(max(segment.start, self.cut), min(segment.end, speech[1] + self.tail), start,
+                      max(speech[1] - self.end_lag, start))
 
     def _ends_turn(self, later: _Piece) -> bool:
         """``later`` speech comes after a turn-ending pause, or would make the open turn too long."""
@@ -359,7 +362,7 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
     results: asyncio.Queue = asyncio.Queue(maxsize=8)  # events being computed; a slow model stops the segmenter
     rules = rules or stream.turn_rules
     joiner = UtteranceJoiner(rules, vad, partials, first_pass=stream.first_pass if first_pass is None else first_pass,
-                             tail_ms=stream.final_tail_ms)
+                             tail_ms=stream.final_tail_ms, end_lag_ms=stream.vad_end_lag_ms)
     step_samples = vad.frames_per_call * 512
     audio = AudioWindow()
     partial_in_flight: list[asyncio.Future] = []

@@ -132,6 +132,31 @@ def test_a_turn_ends_its_tail_after_the_speech_so_its_first_pass_does_not_wait_f
     assert UtteranceJoiner(TurnRules(), VAD, partials=False, tail_ms=10 * VAD.speech_pad_ms).tail == PAD
 
 
+def test_the_pause_counts_from_vads_lag_before_its_end_of_speech_and_the_final_keeps_its_audio():
+    """``stream.vad_end_lag_ms``: Silero says speech ended late, so the pause counts from that much before its end;
+    the final still runs to VAD's end plus the tail (no word is cut), and a pause between two pieces of speech is
+    measured the same way."""
+    tail, lag = 64 * S // 1000, 64 * S // 1000
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False, tail_ms=64, end_lag_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    joiner.update(step_with(tentative=(S // 2, 2 * S), position=2 * S + tail))
+    due = 2 * S - lag + 300 * S // 1000
+    assert joiner.pause_due == due
+    assert "final" not in [u.kind for u in joiner.update(step_with(tentative=(S // 2, 2 * S), position=due - 1))]
+    assert kinds(joiner.update(step_with(tentative=(S // 2, 2 * S), position=due))) == [
+        (0, S // 2 - PAD, 2 * S + tail, "final")]
+    # speech resuming 250 ms after VAD's end: a 314 ms pause by the lagged count, over the 300 ms rule: two turns
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False, tail_ms=64, end_lag_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    out = joiner.update(step_with(segments=[(S // 2, 2 * S)], speaking_from=2 * S + S // 4, position=int(2.3 * S)))
+    assert [u.kind for u in out] == ["final", "start"]
+    # without the lag the same 250 ms is inside the turn
+    joiner = UtteranceJoiner(TurnRules(end_of_utterance_ms=300), VAD, partials=False, tail_ms=64)
+    joiner.update(step_with(speaking_from=S // 2, position=S))
+    out = joiner.update(step_with(segments=[(S // 2, 2 * S)], speaking_from=2 * S + S // 4, position=int(2.3 * S)))
+    assert "final" not in [u.kind for u in out]
+
+
 def test_a_turn_in_its_pause_says_where_the_pause_ends_it():
     """``pause_due``: the sample VAD must have read for the pause rule to end the open turn (the stream steps as soon
     as its audio reaches it); none while someone speaks or once the turn is final; it follows a new pause rule."""
