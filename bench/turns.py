@@ -353,6 +353,12 @@ def splits(served: Served, pause_ms: int) -> dict:
     heard = [[f for f in finals if start <= (f["start"] + f["end"]) / 2 * SAMPLE_RATE < end]
              for start, end in plan.spans]
     per_utterance = [len(found) for found in heard]
+    # where VAD said each utterance's speech ended (its last final's end, less the turn's tail), after the true end
+    from deployments.speech.settings import StreamSettings
+
+    tail_s = StreamSettings().final_tail_ms / 1000
+    lags = sorted((found[-1]["end"] - tail_s) * 1000 - end * 1000 / SAMPLE_RATE
+                  for found, end in zip(heard, plan.ends) if found)
     fluent = [longest_inner_quiet_ms(u.audio) < INNER_PAUSE_MS for u in pool]
     errors = sum(word_errors(u.text, " ".join(f["text"] for f in found)) for u, found in zip(pool, heard))
     same = 0
@@ -365,6 +371,8 @@ def splits(served: Served, pause_ms: int) -> dict:
             "fluent": sum(fluent), "fluent_split": sum(n > 1 and f for n, f in zip(per_utterance, fluent)),
             "pausing_split": sum(n > 1 and not f for n, f in zip(per_utterance, fluent)),
             "missed": sum(n == 0 for n in per_utterance), "finals": len(finals),
+            "vad_end_after_true_end_ms": {f"p{q}": round(lags[min(len(lags) - 1, len(lags) * q // 100)])
+                                          for q in (10, 50, 90)} if lags else None,
             "finals_equal_offline": round(same / max(1, len(finals)), 3), "word_errors": errors,
             "words": sum(len(u.text.split()) for u in pool)}
 
@@ -412,6 +420,13 @@ def markdown(report: dict) -> str:
                   f"{s.get('pausing_split', '-')} of {s['utterances'] - s.get('fluent', 0)} | {s['missed']} | "
                   f"{s['finals']} | {s['finals_equal_offline']:.1%} | {s.get('word_errors', '-')} / "
                   f"{s.get('words', '-')} |" for s in report["splits"]]
+        lags = [s["vad_end_after_true_end_ms"] for s in report["splits"] if s.get("vad_end_after_true_end_ms")]
+        if lags:
+            lines += ["", "Where VAD said speech ended, after the true end (each utterance's last final, less the "
+                          "turn's tail), ms p10 / p50 / p90, by pause row: " + "; ".join(
+                              f"{s['pause_ms']}: {s['vad_end_after_true_end_ms']['p10']} / "
+                              f"{s['vad_end_after_true_end_ms']['p50']} / {s['vad_end_after_true_end_ms']['p90']}"
+                              for s in report["splits"] if s.get("vad_end_after_true_end_ms"))]
     if report.get("listen_throughput"):
         t = report["listen_throughput"]
         lines += ["", f"{t['streams']} live streams of {t['seconds_each']:g} s each, as fast as possible: "
