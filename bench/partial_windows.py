@@ -17,14 +17,13 @@ Writes bench/results/<name>.json and .md. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.audio import SAMPLE_RATE, word_errors
-from bench.run import RESULTS, model_path
+from bench.run import RESULTS, model_path, save_report
 from bench.turns import unbroken_turns
 
 
@@ -99,11 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"name": args.name, "command": "python -m bench.partial_windows " + " ".join(
         sys.argv[1:] if argv is None else argv), "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs", "threads": args.threads, "rows": rows}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.name, report, markdown(report), args.out_dir)
     return report
 
 

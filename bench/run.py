@@ -32,12 +32,15 @@ from deployments.front_door import free_port
 RESULTS = Path(__file__).parent / "results"
 
 
-def save_report(name: str, report: dict, markdown: str) -> None:
-    """``bench/results/<name>.json`` (the figures) and ``.md`` (the table), and the figures on stdout."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown)
+def save_report(name: str, report: dict, markdown: str, out_dir: Path | str = RESULTS) -> None:
+    """``<out_dir>/<name>.json`` (the figures) and ``.md`` (the table), and the figures on stdout."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
     print(json.dumps(report, indent=2))
+
+
 CONFIGS = {
     "vad_ts": {"label": "VAD + timestamps", "vad": True, "timestamps": True},
     "vad": {"label": "VAD, no timestamps", "vad": True, "timestamps": False},

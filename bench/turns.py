@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import SAMPLE_RATE, encode, heldout, long_recording, synthetic_speech, word_errors
-from bench.run import RESULTS, NodeLoad, Served, model_path
+from bench.run import RESULTS, NodeLoad, Served, model_path, save_report
 from deployments import front_door
 
 FRAME_S = 0.02
@@ -561,11 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         served.shutdown()
     report["checks"] = checks(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.name, report, markdown(report), args.out_dir)
     return report
 
 
