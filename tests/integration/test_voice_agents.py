@@ -77,7 +77,9 @@ def text_of(results: list[dict]) -> str:
 def test_listen_live_with_server_endpointing(app):
     # (in real time, as a call sends it: at 4x a busy machine's partials can come back after their turn's final,
     # which drops them, and this test is about seeing interim results)
-    said = utterances(2)
+    # two fluent utterances (the second held-out one pauses 320 ms mid-phrase, which endpointing=300 may rightly end
+    # a turn on)
+    said = utterances(1, start=0) + utterances(1, start=2)
     audio = np.concatenate(said)
     messages = asyncio.run(listen(app, audio, "encoding=linear16&sample_rate=16000&channels=1&interim_results=true"
                                               "&endpointing=300&vad_events=true&utterance_end_ms=1000&model=nova-3"
@@ -141,8 +143,10 @@ def check_against_offline(app, audio: np.ndarray, transcripts: list[str]) -> Non
 
 @pytest.fixture(scope="module")
 def turn():
-    """One held-out utterance with quiet around it, and where its speech ends (samples)."""
-    audio, _ = heldout()["utterances"][5]
+    """One held-out utterance with quiet around it, and where its speech ends (samples). A fluent one (no quiet inside
+    over 80 ms): the plugins' own turn rules (LiveKit's Realtime plugin asks for a 350 ms pause) must not split it,
+    which the set's pausing utterances (240-620 ms mid-phrase) rightly are."""
+    audio, _ = heldout()["utterances"][0]
     quiet = np.random.default_rng(2).standard_normal(SAMPLE_RATE).astype(np.float32) * 1e-3
     return np.concatenate([quiet[:SAMPLE_RATE // 2], audio, quiet]), SAMPLE_RATE // 2 + len(audio)
 
