@@ -127,7 +127,7 @@ class StreamSettings(BaseModel):
     vad_end_lag_ms: int = Field(64, ge=0, le=500, description="a live turn's pause counts from this long before "
                                                               "the point where VAD says speech ended: Silero says so "
                                                               "late (its 32 ms windows and memory; on the held-out "
-                                                              "set 94 ms after the last sound at the median, 34 ms "
+                                                              "set 95 ms after the last sound at the median, 34 ms "
                                                               "at p10). The final's audio still runs to VAD's end "
                                                               "plus final_tail_ms; 0 counts from VAD's end")
     min_step_ms: int = Field(64, ge=0, le=1000, description="the live VAD step clock: a stream's audio goes through "
