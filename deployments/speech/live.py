@@ -201,7 +201,8 @@ class UtteranceJoiner:
     def _clipped(self, segment: SpeechSegment | None, speech: tuple[int, int] | None) -> _Piece | None:
         """A segment without the audio of turns already final (None when no speech is left: a finalize that cut a
         turn before its padding had all arrived leaves the rest of that padding, which is no turn of its own),
-        ending ``self.tail`` after its speech."""
+        ending ``self.tail`` after VAD's end of speech; its speech (where pauses count from) ends ``self.end_lag``
+        before that."""
         if segment is None or speech is None or speech[1] <= self.cut:  # (speech ends within its padded segment)
             return None
         start = max(speech[0], self.cut)
