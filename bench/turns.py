@@ -72,9 +72,10 @@ def true_end(audio: np.ndarray) -> int:
 
 def longest_inner_quiet_ms(audio: np.ndarray) -> int:
     """The longest run of quiet 10 ms frames between an utterance's first and last loud frame (its longest pause)."""
-    loud = np.nonzero(_loud_frames(audio))[0]
+    loud = _loud_frames(audio)
+    first, last = np.nonzero(loud)[0][[0, -1]]
     longest = run = 0
-    for is_loud in _loud_frames(audio)[loud[0]:loud[-1] + 1]:
+    for is_loud in loud[first:last + 1]:
         run = 0 if is_loud else run + 1
         longest = max(longest, run)
     return longest * 10
@@ -171,16 +172,17 @@ async def run_session(url: str, session: Session, config: dict, finalize_after_s
     return latencies
 
 
+def quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (the nearest rank: no interpolation)."""
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
 def percentiles(values: list[float]) -> dict:
     kept = sorted(v for v in values if v == v)
     if not kept:
         return {"n": 0}
-
-    def at(q: float) -> float:
-        return round(kept[min(len(kept) - 1, int(round(q * (len(kept) - 1))))], 1)
-
-    return {"n": len(kept), "missed": len(values) - len(kept), "p50_ms": at(0.5), "p95_ms": at(0.95),
-            "p99_ms": at(0.99)}
+    return {"n": len(kept), "missed": len(values) - len(kept), **{
+        f"p{round(q * 100)}_ms": round(quantile(kept, q), 1) for q in (0.5, 0.95, 0.99)}}
 
 
 def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize_after_s: float | None,
@@ -226,14 +228,15 @@ def ttfs(served: Served, sessions: int, per_session: int, config: dict, finalize
 def unbroken_turns(seconds: float, count: int) -> list[np.ndarray]:
     """``count`` recordings of held-out digit words without gaps, each ``seconds`` long (0.3 s of quiet first)."""
     rng = random.Random(int(seconds))
+    clips = heldout()["clips"]
     recordings = []
     for _ in range(count):
-        voice, words, audio = rng.choice(heldout()["voices"]), [], np.zeros(0, np.float32)
-        while len(audio) < seconds * SAMPLE_RATE:
+        voice, words, length = rng.choice(heldout()["voices"]), [], int(0.3 * SAMPLE_RATE)
+        while length < seconds * SAMPLE_RATE:  # (gapless: the recording is the lead and the clips end to end)
             words.append(rng.choice(["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
-            audio = long_recording([words], random.Random(len(recordings)), voice=voice, word_gap_s=(0.0, 0.0),
-                                   lead_s=0.3, tail_s=0.0).audio
-        recordings.append(audio)
+            length += len(clips[(voice, words[-1])])
+        recordings.append(long_recording([words], random.Random(len(recordings)), voice=voice, word_gap_s=(0.0, 0.0),
+                                         lead_s=0.3, tail_s=0.0).audio)
     return recordings
 
 
@@ -371,8 +374,8 @@ def splits(served: Served, pause_ms: int) -> dict:
             "fluent": sum(fluent), "fluent_split": sum(n > 1 and f for n, f in zip(per_utterance, fluent)),
             "pausing_split": sum(n > 1 and not f for n, f in zip(per_utterance, fluent)),
             "missed": sum(n == 0 for n in per_utterance), "finals": len(finals),
-            "vad_end_after_true_end_ms": {f"p{q}": round(lags[min(len(lags) - 1, len(lags) * q // 100)])
-                                          for q in (10, 50, 90)} if lags else None,
+            "vad_end_after_true_end_ms": {f"p{round(q * 100)}": round(quantile(lags, q)) for q in (0.1, 0.5, 0.9)}
+            if lags else None,
             "finals_equal_offline": round(same / max(1, len(finals)), 3), "word_errors": errors,
             "words": sum(len(u.text.split()) for u in pool)}
 
