@@ -1,6 +1,6 @@
 """Partial windows: what a partial's window rule costs and how good the partials it gives are (no Ray, no server).
 
-    python -m bench.partial_windows                          # the shipped rule and two shorter ones (~6 min)
+    python -m bench.partial_windows                          # the shipped rule and two shorter ones (~2 min)
     python -m bench.partial_windows --windows 1,1 0.5,0.5    # LEFT_S,RIGHT_S pairs
 
 The service's partials (``deployments.speech.live.PartialText``) transcribe a window from ``LEFT_S`` before the
