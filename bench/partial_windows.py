@@ -1,10 +1,11 @@
 """Partial windows: what a partial's window rule costs and how good the partials it gives are (no Ray, no server).
 
-    python -m bench.partial_windows                          # the shipped rule and two shorter ones (~2 min)
-    python -m bench.partial_windows --windows 1,1 0.5,0.5    # LEFT_S,RIGHT_S pairs
+    python -m bench.partial_windows                          # the shipped rule and four others (~4 min)
+    python -m bench.partial_windows --windows 1,1 0.5,0.5    # partial_context_s,partial_settle_s pairs
 
-The service's partials (``deployments.speech.live.PartialText``) transcribe a window from ``LEFT_S`` before the
-committed words' end to now, and commit a word once it ended ``RIGHT_S`` before the window's end. Shorter windows
+The service's partials (``deployments.speech.live.PartialText``) transcribe a window from a left context before
+the committed words' end to now (``stream.partial_context_s``), and commit a word once it ended a right context
+before the window's end (``stream.partial_settle_s``). Shorter windows
 cost the model less per second of a long turn, but give its partials less context. For unbroken turns of 2 / 10 /
 29 s (the live-turns bench's partial-cost turns), a partial every second of audio and one whole-turn final, this
 runs the digits model in-process and reports, per rule and turn length: the audio the model ran per second of
@@ -39,8 +40,7 @@ def sweep_row(recognizer, left_s: float, right_s: float, seconds: float, count: 
         ran += len(audio) / SAMPLE_RATE
         total += len(audio) / SAMPLE_RATE
         final_words += len(final)
-        text, shown = PartialText(0), []
-        text.LEFT_S, text.RIGHT_S = left_s, right_s  # (this text's rule; the class keeps the shipped one)
+        text, shown = PartialText(0, left_s, right_s), []
         for position in range(SAMPLE_RATE, len(audio), SAMPLE_RATE):
             begin = text.window(position)
             started = time.perf_counter()
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits")
     parser.add_argument("--name", default="partial-windows-digits-cpu")
-    parser.add_argument("--windows", nargs="*", default=["1,1", "0.75,0.75", "0.5,0.5"], metavar="LEFT,RIGHT")
+    parser.add_argument("--windows", nargs="*", default=["0.5,0.5", "1,1", "1,0.5", "0.75,0.5", "0.5,0.75"],
+                        metavar="CONTEXT,SETTLE")
     parser.add_argument("--speech-s", type=float, default=240.0, help="seconds of speech per row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the served Transcriber's default: 1)")
     parser.add_argument("--out-dir", default=str(RESULTS))

@@ -82,7 +82,10 @@ class KeytermBiasing:
             computer = decoding.decoding.decoding_computer
             if computer is None or computer.biasing_multi_model is None:
                 raise NotImplementedError("its decoder has no per-item biasing")
-            computer.biasing_multi_model.use_triton = self.use_triton
+            # (no tree is in it yet: the same multi-model, with its CPU path's rows remembered)
+            computer.biasing_multi_model = _remembering_multi_model_class()(
+                vocab_size=computer.biasing_multi_model.vocab_size, use_triton=self.use_triton,
+                reallocation_callback_fn=computer.reset_cuda_graphs_state)
         except (AttributeError, NotImplementedError, ValueError) as exc:
             self._unsupported = str(exc) or "its decoder has no per-item biasing (NeMo's label-looping TDT/RNNT)"
             log.warning("Keyterms unavailable for %s: %s", self.model_id, self._unsupported)
@@ -132,6 +135,62 @@ class KeytermBiasing:
         self._ids[keyterms] = tree_id
         self.trees_built += 1
         return tree_id
+
+
+ROW_MEMORY_BYTES = 64 << 20  # the remembered rows of one model's trees (~5,000 states of a 1,024-token vocabulary)
+
+
+@functools.cache
+def _remembering_multi_model_class():
+    """NeMo's ``GPUBiasingMultiModel``, remembering what its PyTorch path computes (built at first use).
+
+    Each decoding step asks the trees for every item's next scores and states over the whole vocabulary. On CUDA
+    that is NeMo's Triton kernel; elsewhere NeMo walks each state's back-off chain with a loop of small tensor
+    operations (a dozen per chain link), which on a CPU cost ~0.7 ms a step for a 100-term tree, about as much as
+    the rest of the decoding. A state's row depends only on its tree and the state, so each (tree, state) row is
+    computed once by NeMo's own code and then gathered: the same numbers, without the loop. Rows are forgotten
+    when their tree is added or removed (NeMo reuses tree ids), and all at once past ``ROW_MEMORY_BYTES``."""
+    import torch
+    from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
+
+    class RememberingBiasingMultiModel(GPUBiasingMultiModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+            self.most_rows = max(1024, ROW_MEMORY_BYTES // (12 * max(1, self.vocab_size)))
+
+        def _advance_pytorch(self, states: torch.Tensor, model_ids: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+            if states.device.type != "cpu" or states.requires_grad:
+                return super()._advance_pytorch(states, model_ids)
+            keys = list(zip(model_ids.tolist(), states.tolist()))
+            missing = [key for key in dict.fromkeys(keys) if key not in self.rows]
+            if missing and len(self.rows) + len(missing) > self.most_rows:
+                self.rows.clear()
+                missing = list(dict.fromkeys(keys))
+            if missing:
+                scores, next_states = super()._advance_pytorch(
+                    torch.tensor([state for _, state in missing], dtype=states.dtype),
+                    torch.tensor([model for model, _ in missing], dtype=model_ids.dtype))
+                self.rows.update(zip(missing, zip(scores, next_states)))
+            # (new tensors: the caller scales the scores in place)
+            return (torch.stack([self.rows[key][0] for key in keys]),
+                    torch.stack([self.rows[key][1] for key in keys]))
+
+        def add_model(self, model, alpha: float = 1.0) -> int:
+            model_id = super().add_model(model, alpha=alpha)
+            self._forget(model_id)
+            return model_id
+
+        def remove_model(self, model_id: int):
+            super().remove_model(model_id)
+            self._forget(model_id)
+
+        def _forget(self, model_id: int) -> None:
+            for key in [key for key in self.rows if key[0] == model_id]:
+                del self.rows[key]
+
+    return RememberingBiasingMultiModel
 
 
 @functools.cache

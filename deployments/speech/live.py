@@ -256,24 +256,25 @@ class PartialText:
     """An open turn's partial text, each partial from a window of bounded length (so a partial of a 30-second turn
     costs what one of a 4-second turn does).
 
-    A word is *committed* once it ended at least ``RIGHT_S`` before the end of the window it was heard in (it had
-    right context); a partial transcribes from ``LEFT_S`` before the committed words' end (left context) to now,
+    A word is *committed* once it ended at least ``settle_s`` before the end of the window it was heard in (it had
+    right context); a partial transcribes from ``context_s`` before the committed words' end (left context) to now,
     and adds the words whose middle lies after that end. NeMo's buffered streaming does the same with fixed left /
     chunk / right buffers and merges token sequences; TDT's token times let us merge by time instead."""
 
-    LEFT_S = 1.0
-    RIGHT_S = 1.0
-    LONGEST_S = 6.0  # a window is never longer (a turn where no word could be committed yet)
+    WAITING_S = 4.0  # a window is never longer than its contexts and this (a turn where no word could be committed)
 
-    def __init__(self, start: int):
+    def __init__(self, start: int, context_s: float, settle_s: float):
         self.start = start
+        self.context = int(context_s * SAMPLE_RATE)
+        self.settle = int(settle_s * SAMPLE_RATE)
+        self.longest = int((context_s + settle_s + self.WAITING_S) * SAMPLE_RATE)
         self.words: list[str] = []
         self.until = start  # the committed words end here
 
     def window(self, position: int) -> int:
         """Where the partial at ``position`` begins."""
-        begin = max(self.start, self.until - int(self.LEFT_S * SAMPLE_RATE))
-        return max(begin, position - int(self.LONGEST_S * SAMPLE_RATE))
+        begin = max(self.start, self.until - self.context)
+        return max(begin, position - self.longest)
 
     def text(self, begin: int, position: int, tokens: SegmentTokens) -> str:
         """The partial for the window ``[begin, position)``, transcribed as ``tokens``; commits what is settled."""
@@ -282,7 +283,7 @@ class PartialText:
             start, end = begin + word.start * SAMPLE_RATE, begin + word.end * SAMPLE_RATE
             if (start + end) / 2 >= self.until:
                 fresh.append((word.text, end))
-        settled = position - self.RIGHT_S * SAMPLE_RATE
+        settled = position - self.settle
         while fresh and fresh[0][1] <= settled:
             text, end = fresh.pop(0)
             self.words.append(text)
@@ -396,7 +397,10 @@ async def live_events(chunks: AsyncIterator[np.ndarray | Control], vad_step: Vad
         return event
 
     async def partial_event(utterance: Utterance) -> LiveEvent | None:
-        text = partial_texts.setdefault(utterance.id, PartialText(utterance.start))
+        text = partial_texts.get(utterance.id)
+        if text is None:
+            text = partial_texts[utterance.id] = PartialText(utterance.start, stream.partial_context_s,
+                                                             stream.partial_settle_s)
         begin = text.window(utterance.end)
         tokens = await transcribe(audio.cut(begin, utterance.end), "partial", boosted[0])
         shown = text.text(begin, utterance.end, tokens)

@@ -121,6 +121,30 @@ def test_a_term_sets_tree_is_built_once_and_the_oldest_is_dropped(digits_model, 
     assert recognizer.keyterms.trees_built == 4
 
 
+def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_model, noisy):
+    """On a CPU each (tree, state) row of the boosting scores is computed once by NeMo's own loop and then
+    remembered (biasing.py): decoding with it is NeMo's decoding, token for token, across several term sets in one
+    batch, and after a tree is dropped and its id reused by another set (stale rows would show here)."""
+    from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
+
+    ours = ParakeetRecognizer.load(str(digits_model), device="cpu", name="digits", keyterm_trees=2)
+    nemos = ParakeetRecognizer.load(str(digits_model), device="cpu", name="digits", keyterm_trees=2)
+    computer = nemos.keyterms.decoding.decoding.decoding_computer
+    computer.biasing_multi_model = GPUBiasingMultiModel(vocab_size=computer.biasing_multi_model.vocab_size,
+                                                        use_triton=False)
+    remembered = ours.keyterms.decoding.decoding.decoding_computer.biasing_multi_model
+    audios = [a for a, _ in noisy[:6]]
+    rng = np.random.default_rng(4)
+    sets = [Keyterms(tuple(" ".join(rng.choice(DIGITS[:10], size=rng.integers(1, 5))) for _ in range(count)), boost)
+            for count, boost in ((100, 2.0), (30, 3.0), (100, 1.0))]
+    for first, second in ((0, 1), (2, 1), (0, 2)):  # the third set and then the first again each drop a tree
+        terms = [sets[first], sets[second], None] * 2
+        mine, theirs = ours.transcribe(audios, terms), nemos.transcribe(audios, terms)
+        assert [(t.token_ids, t.start_frames, t.durations) for t in mine] == \
+            [(t.token_ids, t.start_frames, t.durations) for t in theirs]
+    assert ours.keyterms.trees_built == 4 and remembered.rows, "rows were remembered (and trees reused ids)"
+
+
 def test_a_term_the_model_cannot_spell_is_named(recognizer):
     assert recognizer.keyterms.spelled(Keyterms(("Nine", "oh"), 1.0)).terms == ("nine", "oh")  # uncased model
     with pytest.raises(KeytermError, match="cannot spell 1 keyterm.*'zebra'"):

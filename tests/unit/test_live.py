@@ -294,7 +294,8 @@ def test_partials_come_every_interval_while_someone_speaks():
 
 
 def test_a_partial_window_stays_bounded_and_its_text_keeps_the_committed_words():
-    text = PartialText(start=0)
+    rule = StreamSettings()
+    text = PartialText(start=0, context_s=rule.partial_context_s, settle_s=rule.partial_settle_s)
 
     def tokens(words, begin):  # one piece per word, each 0.4 s long from its time (relative to the window)
         frames = [int((at - begin / S) / 0.08) for _, at in words]
@@ -305,11 +306,27 @@ def test_a_partial_window_stays_bounded_and_its_text_keeps_the_committed_words()
     for second in range(1, 31):
         position = second * S
         begin = text.window(position)
-        assert position - begin <= PartialText.LONGEST_S * S
+        assert position - begin <= text.longest
         heard = [(w, at) for w, at in spoken if at >= begin / S and at + 0.4 <= second]
         shown = text.text(begin, position, tokens(heard, begin))
         assert shown.split() == [w for w, at in spoken if at + 0.4 <= second]
-    assert position - text.window(position) <= 3.5 * S, "windows reach back ~left + right context + interval"
+    reach = rule.partial_context_s + rule.partial_settle_s + 1 + 0.5  # the contexts, an interval and a word
+    assert position - text.window(position) <= reach * S, "windows reach back ~left + right context + interval"
+
+
+def test_a_streams_partial_windows_follow_the_stream_settings(recordings):
+    """Through live_events, one long turn (the fake model commits no word): no partial transcribes more than the
+    settings' contexts and the wait for a committable word, and larger contexts reach further back."""
+    audio = np.concatenate(recordings[:2])
+
+    def partial_sizes(**window) -> list[int]:
+        stream = StreamSettings(end_of_utterance_ms=10000, partial_interval_ms=500, **window)
+        _, calls = run_live(audio, chunk=640, pace=True, stream=stream)
+        return [samples for priority, samples in calls if priority == "partial"]
+
+    short = partial_sizes(partial_context_s=0.2, partial_settle_s=0.1)
+    assert len(short) >= 5 and max(short) <= (0.3 + PartialText.WAITING_S) * S
+    assert max(partial_sizes(partial_context_s=3, partial_settle_s=2)) > max(short) + S
 
 
 def run_live(audio, chunk=1024, stream=StreamSettings(), controls=None, pace=False, keyterms=None,
