@@ -149,7 +149,8 @@ def _remembering_multi_model_class():
     operations (a dozen per chain link), which on a CPU cost ~0.7 ms a step for a 100-term tree, about as much as
     the rest of the decoding. A state's row depends only on its tree and the state, so each (tree, state) row is
     computed once by NeMo's own code and then gathered: the same numbers, without the loop. Rows are forgotten
-    when their tree is added or removed (NeMo reuses tree ids), and all at once past ``ROW_MEMORY_BYTES``."""
+    when their tree is added or removed (NeMo reuses tree ids), and all at once past ``ROW_MEMORY_BYTES``; a tree
+    small enough has all its rows computed when it is added."""
     import torch
     from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
 
@@ -180,7 +181,21 @@ def _remembering_multi_model_class():
         def add_model(self, model, alpha: float = 1.0) -> int:
             model_id = super().add_model(model, alpha=alpha)
             self._forget(model_id)
+            self._remember_all(model_id)
             return model_id
+
+        def _remember_all(self, model_id: int) -> None:
+            """Every row of a new tree at once (one call of NeMo's loop over all its states), when they fit in a
+            quarter of the memory: a decoding meets a large tree's states a few at a time, so left to the steps, a
+            1,000-term tree's rows would come one small loop at a time over thousands of steps."""
+            count = int(self.model2num_states[model_id])
+            if self.all_arcs_weights.device.type != "cpu" or count * 4 > self.most_rows:
+                return
+            if len(self.rows) + count > self.most_rows:
+                self.rows.clear()
+            states = torch.arange(count, dtype=torch.long)
+            scores, next_states = super()._advance_pytorch(states, torch.full_like(states, model_id))
+            self.rows.update(zip(((model_id, state) for state in range(count)), zip(scores, next_states)))
 
         def remove_model(self, model_id: int):
             super().remove_model(model_id)

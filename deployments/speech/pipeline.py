@@ -8,6 +8,7 @@ audio once, bounds the request's time, and turns failures into the ``ApiError`` 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Protocol, Union
@@ -128,10 +129,14 @@ class LoadedAudio:
         return self.duration * (len(self.samples) if self.samples.ndim == 2 else 1)
 
 
+ACCEPTED_KEYTERM_SETS = 4096  # term sets a model accepted that this process remembers (one int each)
+
+
 class TranscriptionPipeline:
     def __init__(self, backends: Backends, settings: AppSettings):
         self.backends = backends
         self.settings = settings
+        self._accepted: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     async def load(self, audio: AudioInput, sample_rate: int | None = None, multichannel: bool = False
                    ) -> LoadedAudio:
@@ -148,8 +153,20 @@ class TranscriptionPipeline:
     async def checked(self, choice: Choice) -> Choice:
         """``choice`` once its model has accepted its keyterms (a 400 naming a term it cannot spell), before any
         audio work is spent on the request or stream."""
-        if choice.keyterms is not None:
-            await self.backends.check_keyterms(choice.model.id, choice.keyterms)
+        if choice.keyterms is None:
+            return choice
+        # A set the model accepted before needs no second round trip (an app sends the same terms with every
+        # request): the check waits behind the model call running then. Were a Transcriber ever to meet a set it
+        # cannot spell without a check (a hash collision here), building its tree fails only that request's
+        # segments, with the same 400.
+        key = hash((choice.model.id, choice.keyterms))
+        if key in self._accepted:
+            self._accepted.move_to_end(key)
+            return choice
+        await self.backends.check_keyterms(choice.model.id, choice.keyterms)
+        self._accepted[key] = None
+        if len(self._accepted) > ACCEPTED_KEYTERM_SETS:
+            self._accepted.popitem(last=False)
         return choice
 
     async def transcribe(self, audio: LoadedAudio, *, timestamps: bool, vad: bool, model: Choice,

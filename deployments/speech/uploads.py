@@ -39,6 +39,7 @@ class _Collector:
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
         self._data = bytearray()
+        self._part: tuple[str, str | None] | None = None  # the part's name and filename, read once per part
 
     def callbacks(self) -> dict:
         return {
@@ -54,17 +55,19 @@ class _Collector:
         setattr(self, name, getattr(self, name) + chunk)
 
     def _part_begin(self) -> None:
-        self._headers, self._data = {}, bytearray()
+        self._headers, self._data, self._part = {}, bytearray(), None
 
     def _header_end(self) -> None:
         self._headers[self._header_field.lower()] = self._header_value
         self._header_field, self._header_value = b"", b""
 
     def _disposition(self) -> tuple[str, str | None]:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        filename = params.get(b"filename")
-        return name, filename.decode("utf-8", "replace") if filename is not None else None
+        if self._part is None:  # (a file's data comes in many callbacks; a form of 1,000 keyterms has 1,000 parts)
+            _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+            name = params.get(b"name", b"").decode("utf-8", "replace")
+            filename = params.get(b"filename")
+            self._part = name, filename.decode("utf-8", "replace") if filename is not None else None
+        return self._part
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         name, filename = self._disposition()

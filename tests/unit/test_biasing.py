@@ -121,12 +121,18 @@ def test_a_term_sets_tree_is_built_once_and_the_oldest_is_dropped(digits_model, 
     assert recognizer.keyterms.trees_built == 4
 
 
-def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_model, noisy):
-    """On a CPU each (tree, state) row of the boosting scores is computed once by NeMo's own loop and then
-    remembered (biasing.py): decoding with it is NeMo's decoding, token for token, across several term sets in one
-    batch, and after a tree is dropped and its id reused by another set (stale rows would show here)."""
+@pytest.mark.parametrize("row_memory", ["all rows at once", "rows as met, forgotten when full"])
+def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_model, noisy, monkeypatch, row_memory):
+    """On a CPU each (tree, state) row of the boosting scores is computed by NeMo's own loop once and then
+    remembered (biasing.py): all of a tree's rows when it is added, or, for trees too large for that, each row when
+    a decoding first meets it. Either way decoding is NeMo's decoding, token for token, across several term sets in
+    one batch, and after a tree is dropped and its id reused by another set (stale rows would show here)."""
     from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
 
+    from deployments.speech import biasing
+
+    if row_memory != "all rows at once":
+        monkeypatch.setattr(biasing, "ROW_MEMORY_BYTES", 0)  # (1,024 rows: these trees are met row by row)
     ours = ParakeetRecognizer.load(str(digits_model), device="cpu", name="digits", keyterm_trees=2)
     nemos = ParakeetRecognizer.load(str(digits_model), device="cpu", name="digits", keyterm_trees=2)
     computer = nemos.keyterms.decoding.decoding.decoding_computer
@@ -143,6 +149,7 @@ def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_mo
         assert [(t.token_ids, t.start_frames, t.durations) for t in mine] == \
             [(t.token_ids, t.start_frames, t.durations) for t in theirs]
     assert ours.keyterms.trees_built == 4 and remembered.rows, "rows were remembered (and trees reused ids)"
+    assert (len(remembered.rows) <= 1024) == (row_memory != "all rows at once")
 
 
 def test_a_term_the_model_cannot_spell_is_named(recognizer):

@@ -101,3 +101,32 @@ def test_an_error_mid_stream_reaches_the_sse_client_as_an_error_event():
     # the event's type stays "error" (the error body's own type must not overwrite it)
     assert wire == {"type": "error", "error": {"message": "The service is at capacity; retry shortly.",
                                                "type": "server_overloaded", "code": "overloaded"}}
+
+
+def test_a_term_set_the_model_accepted_is_not_checked_again_and_a_refused_one_is():
+    """An app sends the same keyterms with every request: only the first waits for the Transcriber's check."""
+    from deployments.speech.catalog import Choice
+    from deployments.speech.errors import KeytermError
+    from deployments.speech.keyterms import Keyterms
+
+    class CheckingBackends(FakeBackends):
+        def __init__(self):
+            super().__init__()
+            self.checked: list[tuple[str, Keyterms]] = []
+
+        async def check_keyterms(self, model, keyterms):
+            self.checked.append((model, keyterms))
+            if "zebra" in keyterms.terms:
+                raise KeytermError("The model cannot spell 1 keyterm(s): 'zebra'.")
+
+    backends = CheckingBackends()
+    pipeline = TranscriptionPipeline(backends, AppSettings())
+    ours, theirs, bad = (Keyterms(terms, 0.5) for terms in (("nine oh",), ("four",), ("zebra",)))
+    for keyterms in (ours, ours, theirs, ours, None):
+        choice = Choice(MODEL.model, MODEL.language, keyterms)
+        assert run(pipeline.checked(choice)) is choice
+    assert [k for _, k in backends.checked] == [ours, theirs]
+    for _ in range(2):  # refused each time: a refusal is never remembered as accepted
+        with pytest.raises(KeytermError):
+            run(pipeline.checked(Choice(MODEL.model, MODEL.language, bad)))
+    assert [k for _, k in backends.checked] == [ours, theirs, bad, bad]
