@@ -40,6 +40,10 @@ DEFAULT_BATCHING = BatchSettings()
 # Live work this recent on a replica means live streams use it: its file segments run in smaller model calls
 # (stream.file_segments_per_call). Longer than a turn's usual pause, so a voice agent's next turn finds it so.
 LIVE_RECENT_S = 10.0
+# Any work but jobs' this recent means interactive clients use the replica: its job segments run in smaller model
+# calls (jobs.segments_per_model_call). Longer than the gap between a busy client's requests; short, because a job
+# with the replica to itself runs faster in whole batches, and a client that comes back later waits behind one.
+OTHER_WORK_RECENT_S = 2.0
 
 
 class LoadedModel:
@@ -83,6 +87,7 @@ class Transcriber:
         # per live segment (the last 1000): less urgent model calls started while it waited (tests, operators)
         self.live_waits: collections.deque[int] = collections.deque(maxlen=1000)
         self.live_seen_at = -math.inf  # (time.monotonic) the last live call's arrival
+        self.others_seen_at = -math.inf  # (time.monotonic) the last arrival of any call but a job's
         self.file_calls_beside_live: dict[int, int] = {}  # file model calls sized while live work was about, by size
         self._file_call_beside_live = False  # (worker thread) how the file call about to run was sized
         self.batching = DEFAULT_BATCHING
@@ -182,6 +187,8 @@ class Transcriber:
                                  code="invalid_segment")
         if priority in LIVE:
             self.live_seen_at = time.monotonic()
+        if priority != "job":
+            self.others_seen_at = time.monotonic()
         arrival = Arrival(time.perf_counter(), self._queue.started_below(PRIORITIES[priority]))
         result = await self._batchers[priority](audio[start:end], model_id, keyterms, arrival)
         if isinstance(result, ItemFailure):
@@ -238,12 +245,13 @@ class Transcriber:
     def _segments_per_call(self, priority: str) -> int:
         """(model_queue.segments_per_call, asked on the worker thread when the model frees up; the file call it sizes
         runs next on that thread, and counts itself by this same answer)"""
-        live_about = time.monotonic() - self.live_seen_at < LIVE_RECENT_S
+        now = time.monotonic()
+        live_about = now - self.live_seen_at < LIVE_RECENT_S
         if priority == "file":
             self._file_call_beside_live = live_about
         return segments_per_call(priority, self.batching.max_batch_size, self.settings.jobs.segments_per_model_call,
                                  self.settings.stream.file_segments_per_call, self.device.startswith("cuda"),
-                                 live_about)
+                                 live_about, others_about=now - self.others_seen_at < OTHER_WORK_RECENT_S)
 
     def _run_batch(self, model_id: str, recognizer, priority: str,
                    items: list[tuple[np.ndarray, Keyterms | None, Arrival | None]]

@@ -30,13 +30,15 @@ LIVE = ("final", "draft", "partial")
 
 
 def segments_per_call(priority: str, whole: int, job_segments: int, file_segments: int | str, on_gpu: bool,
-                      live_about: bool) -> int:
+                      live_about: bool, others_about: bool = True) -> int:
     """The most segments one model call of ``priority`` work holds: ``whole`` (the batch size) but for background
     and bulk work, which more urgent work that comes meanwhile must not wait behind in full. A job's call holds
-    ``job_segments``; a file's, while live work is about, ``file_segments`` ("auto": one on CPU, where a call of
-    four long segments takes about a second, and the whole batch on a GPU, where a call takes tens of ms)."""
+    ``job_segments`` while other work is about (``others_about``: any but jobs', lately), and the whole batch when
+    jobs have the model to themselves (nothing waits behind them then, and fuller calls are faster); a file's, while
+    live work is about, ``file_segments`` ("auto": one on CPU, where a call of four long segments takes about a
+    second, and the whole batch on a GPU, where a call takes tens of ms)."""
     if priority == "job":
-        return min(whole, job_segments)
+        return min(whole, job_segments) if others_about else whole
     if priority == "file" and live_about:
         if file_segments == "auto":
             return whole if on_gpu else 1

@@ -241,11 +241,13 @@ class JobSettings(BaseModel):
     jobs_per_replica: int = Field(2, ge=1, description="jobs one Ingress replica runs at once")
     segments_in_flight: int = Field(32, ge=1, description="a running job's segments at the Transcribers at once "
                                                          "(they run behind live and synchronous work)")
-    segments_per_model_call: int = Field(2, ge=1, le=4, description="a job's segments per model call (at most the "
-                                                                    "Transcriber's batch): the longest that live "
-                                                                    "or synchronous work waits behind a job is one "
-                                                                    "such call. 2 on a CPU (also its fastest batch); "
-                                                                    "4 on a GPU, where a call takes milliseconds")
+    segments_per_model_call: int = Field(1, ge=1, le=4, description="a job's segments per model call while other "
+                                                                    "work has come to the replica in the last 2 s "
+                                                                    "(at most the Transcriber's batch): the longest "
+                                                                    "that live or synchronous work waits behind a "
+                                                                    "job is one such call. 4 on a GPU, where a call "
+                                                                    "takes milliseconds. Jobs alone on a replica "
+                                                                    "run whole batches")
     lease_s: float = Field(30.0, ge=1, description="a running job whose replica has not renewed its claim for this "
                                                    "long is taken over by another replica (a dead Ingress)")
     poll_s: float = Field(2.0, gt=0, description="how often an idle replica looks for jobs to run or resume")

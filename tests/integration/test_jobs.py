@@ -199,12 +199,16 @@ def transcriber_job_items(app_name: str) -> int:
     return transcriber_stats(app_name)["items_by_priority"]["job"]
 
 
-def test_a_jobs_batches_run_as_smaller_model_calls(app, long_audio):
-    """Other work waits behind at most one job model call of ``jobs.segments_per_model_call`` segments (1 in this
-    app), not a whole Serve batch: each call is queued on its own, and more urgent work that comes meanwhile runs
-    first. A job keeps only 2 segments in flight, so whether two of them meet in one Serve batch is timing; the
-    splitting itself is shown on a burst of job-priority calls that Serve batches, beside the same burst as file
-    work, whose batches stay one model call each."""
+def test_a_jobs_batches_run_as_smaller_model_calls_while_other_work_is_about(app, long_audio):
+    """While other work comes to the Transcriber (any in its last 2 s), it waits behind at most one job model call
+    of ``jobs.segments_per_model_call`` segments (1 in this app), not a whole Serve batch: each call is queued on its
+    own, and more urgent work that comes meanwhile runs first. (Jobs alone on the model run whole batches:
+    ``model_queue.segments_per_call``, tests/unit/test_model_queue.py.) Here a synchronous client's segments come
+    one after another while the job runs. A job keeps only 2 segments in flight, so whether two of them meet in one
+    Serve batch is timing; the splitting itself is shown on a burst of job-priority calls that Serve batches,
+    beside the same burst as file work, whose batches stay one model call each."""
+    import threading
+
     import numpy as np
     from ray import serve
 
@@ -218,15 +222,31 @@ def test_a_jobs_batches_run_as_smaller_model_calls(app, long_audio):
     def since(then: tuple[int, int, int], priority: str) -> tuple[int, int, int]:
         return tuple(after - before for after, before in zip(counts(priority), then))
 
-    before = counts("job")
-    wait(app, submit(app, encode(long_audio.audio))["id"])
-    items, batches, calls = since(before, "job")
-    print(f"a job: {items} segments in {batches} Serve batches, {calls} model calls")
-    assert items > 1 and calls == items  # every segment of the job was a model call of its own
-
     transcriber = serve.get_deployment_handle("Transcriber", app_name=APP)
     segment = np.ascontiguousarray(long_audio.audio[:3 * 16000], dtype=np.float32)
+    started, done = threading.Event(), threading.Event()
+
+    def synchronous_client() -> None:
+        while not done.is_set():
+            assert transcriber.transcribe.remote(segment, priority="file").result().text
+            started.set()
+
+    before = counts("job")
+    client = threading.Thread(target=synchronous_client, daemon=True)
+    client.start()
+    try:
+        assert started.wait(60)
+        wait(app, submit(app, encode(long_audio.audio))["id"])
+    finally:
+        done.set()
+        client.join(60)
+    items, batches, calls = since(before, "job")
+    print(f"a job beside a synchronous client: {items} segments in {batches} Serve batches, {calls} model calls")
+    assert items > 1 and calls == items  # every segment of the job was a model call of its own
+
     for priority in ("job", "file"):
+        if priority == "job":  # other work, just now: the burst's job calls are split
+            assert transcriber.transcribe.remote(segment, priority="file").result().text
         before = counts(priority)
         responses = [transcriber.transcribe.remote(segment, priority=priority) for _ in range(12)]
         assert all(response.result().text for response in responses)

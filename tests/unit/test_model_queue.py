@@ -129,11 +129,13 @@ def test_a_limit_given_as_a_function_is_asked_when_the_call_starts():
 def test_bulk_work_runs_in_smaller_calls_where_more_urgent_work_would_wait_behind_it():
     from deployments.speech.model_queue import segments_per_call
 
-    def size(priority, file_segments="auto", on_gpu=False, live_about=True, whole=4, job_segments=2):
-        return segments_per_call(priority, whole, job_segments, file_segments, on_gpu, live_about)
+    def size(priority, file_segments="auto", on_gpu=False, live_about=True, whole=4, job_segments=2,
+             others_about=True):
+        return segments_per_call(priority, whole, job_segments, file_segments, on_gpu, live_about, others_about)
 
     assert size("final") == size("draft") == size("partial") == 4  # live work: whole batches
     assert size("file", live_about=False) == 4  # no live work about: files batch as Serve forms them
     assert size("file") == 1 and size("file", on_gpu=True) == 4  # auto: one segment on CPU, the batch on a GPU
     assert size("file", file_segments=2, on_gpu=True) == 2 and size("file", file_segments=8) == 4
     assert size("job", live_about=False) == 2 and size("job", job_segments=8) == 4
+    assert size("job", others_about=False) == 4  # jobs alone on the model: nothing waits behind their calls
