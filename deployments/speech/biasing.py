@@ -170,10 +170,7 @@ def _remembering_multi_model_class():
                 self.rows.clear()
                 missing = list(dict.fromkeys(keys))
             if missing:
-                scores, next_states = super()._advance_pytorch(
-                    torch.tensor([state for _, state in missing], dtype=states.dtype),
-                    torch.tensor([model for model, _ in missing], dtype=model_ids.dtype))
-                self.rows.update(zip(missing, zip(scores, next_states)))
+                self._compute(missing)
             # (new tensors: the caller scales the scores in place)
             return (torch.stack([self.rows[key][0] for key in keys]),
                     torch.stack([self.rows[key][1] for key in keys]))
@@ -193,9 +190,13 @@ def _remembering_multi_model_class():
                 return
             if len(self.rows) + count > self.most_rows:
                 self.rows.clear()
-            states = torch.arange(count, dtype=torch.long)
-            scores, next_states = super()._advance_pytorch(states, torch.full_like(states, model_id))
-            self.rows.update(zip(((model_id, state) for state in range(count)), zip(scores, next_states)))
+            self._compute([(model_id, state) for state in range(count)])
+
+        def _compute(self, keys: list[tuple[int, int]]) -> None:
+            """The rows of these (tree, state) keys, by one call of NeMo's own loop."""
+            scores, next_states = super()._advance_pytorch(torch.tensor([state for _, state in keys]),
+                                                           torch.tensor([model for model, _ in keys]))
+            self.rows.update(zip(keys, zip(scores, next_states)))
 
         def remove_model(self, model_id: int):
             super().remove_model(model_id)
