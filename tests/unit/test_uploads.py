@@ -57,3 +57,19 @@ def test_not_multipart():
 
     with pytest.raises(InvalidRequest, match="multipart/form-data"):
         asyncio.run(read_form("application/json", None, empty(), 100))
+
+
+def test_a_thousand_repeated_fields_come_back_in_order():
+    terms = [f"term {i}" for i in range(1000)]
+    form = read(body([("keyterms", t) for t in terms] + [("keyterm_boost", "3")], b"RIFF"), limit=1000, chunk=4096)
+    assert form.get_all("keyterms") == terms and form.get("keyterm_boost") == "3" and form.file == b"RIFF"
+
+
+@pytest.mark.parametrize("raw,needle", [
+    (body([("response_format", "json")], b"RIFF")[:-30], "Malformed multipart body"),  # cut off mid-part
+    (body([("response_format", "x" * (65 * 1024))], None), "larger than 65536 bytes"),
+    (f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nhi\r\n--{BOUNDARY}--\r\n".encode(), "Malformed multipart body"),
+])
+def test_a_malformed_or_oversized_form_is_a_400_that_says_why(raw, needle):
+    with pytest.raises(InvalidRequest, match=needle):
+        read(raw, limit=1000, chunk=1024)
