@@ -148,9 +148,10 @@ def _remembering_multi_model_class():
     that is NeMo's Triton kernel; elsewhere NeMo walks each state's back-off chain with a loop of small tensor
     operations (a dozen per chain link), which on a CPU cost ~0.7 ms a step for a 100-term tree, about as much as
     the rest of the decoding. A state's row depends only on its tree and the state, so each (tree, state) row is
-    computed once by NeMo's own code and then gathered: the same numbers, without the loop. Rows are forgotten
-    when their tree is added or removed (NeMo reuses tree ids), and all at once past ``ROW_MEMORY_BYTES``; a tree
-    small enough has all its rows computed when it is added."""
+    computed once by NeMo's own code, scaled by its tree's weight as NeMo's ``advance`` scales it, and then gathered:
+    the same numbers, without the loop or the per-step scaling. Rows are forgotten when their tree is added or
+    removed (NeMo reuses tree ids), and all at once past ``ROW_MEMORY_BYTES``; a tree small enough has all its rows
+    computed when it is added."""
     import torch
     from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
 
@@ -160,10 +161,10 @@ def _remembering_multi_model_class():
             self.rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
             self.most_rows = max(1024, ROW_MEMORY_BYTES // (12 * max(1, self.vocab_size)))
 
-        def _advance_pytorch(self, states: torch.Tensor, model_ids: torch.Tensor
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-            if states.device.type != "cpu" or states.requires_grad:
-                return super()._advance_pytorch(states, model_ids)
+        def advance(self, states: torch.Tensor, model_ids: torch.Tensor, eos_id: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+            if states.device.type != "cpu" or states.requires_grad or eos_id is not None:
+                return super().advance(states, model_ids, eos_id)
             keys = list(zip(model_ids.tolist(), states.tolist()))
             missing = [key for key in dict.fromkeys(keys) if key not in self.rows]
             if missing and len(self.rows) + len(missing) > self.most_rows:
@@ -171,7 +172,7 @@ def _remembering_multi_model_class():
                 missing = list(dict.fromkeys(keys))
             if missing:
                 self._compute(missing)
-            # (new tensors: the caller scales the scores in place)
+            # (new tensors, weighted: what NeMo's advance returns, which its caller may change in place)
             return (torch.stack([self.rows[key][0] for key in keys]),
                     torch.stack([self.rows[key][1] for key in keys]))
 
@@ -193,9 +194,11 @@ def _remembering_multi_model_class():
             self._compute([(model_id, state) for state in range(count)])
 
         def _compute(self, keys: list[tuple[int, int]]) -> None:
-            """The rows of these (tree, state) keys, by one call of NeMo's own loop."""
-            scores, next_states = super()._advance_pytorch(torch.tensor([state for _, state in keys]),
-                                                           torch.tensor([model for model, _ in keys]))
+            """The rows of these (tree, state) keys, by one call of NeMo's own loop, weighted as its ``advance``
+            weights them."""
+            model_ids = torch.tensor([model for model, _ in keys])
+            scores, next_states = self._advance_pytorch(torch.tensor([state for _, state in keys]), model_ids)
+            scores *= self.model2alpha[model_ids][:, None]
             self.rows.update(zip(keys, zip(scores, next_states)))
 
         def remove_model(self, model_id: int):
