@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits")
     parser.add_argument("--name", default="partial-windows-digits-cpu")
-    parser.add_argument("--windows", nargs="*", default=["0.5,0.5", "1,1", "1,0.5", "0.75,0.5", "0.5,0.75"],
+    parser.add_argument("--windows", nargs="*", default=["0.5,0.75", "1,1", "0.5,0.5", "0.5,1", "0.25,0.75"],
                         metavar="CONTEXT,SETTLE")
     parser.add_argument("--speech-s", type=float, default=240.0, help="seconds of speech per row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the served Transcriber's default: 1)")

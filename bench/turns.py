@@ -3,6 +3,8 @@
     python -m bench.turns                      # the digits model on this machine (~12 min on 2 cores)
     python -m bench.turns --quick              # a smoke run (~2 min)
     python -m bench.turns --before             # the rows a service without finalize can run (server pauses only)
+    python -m bench.turns --only fast_streaming   # re-measure parts of the report (partial_cost, fast_streaming,
+                                                  # listen_throughput, splits) into the existing one
 
 Every session streams held-out utterances (tests/fixtures/digits_heldout.npz: voices the model never heard),
 each followed by 1.6 s of quiet, in 20 ms PCM16 frames paced in real time over ``/v1/audio/stream``. The true end
@@ -482,6 +484,9 @@ def checks(report: dict) -> dict:
     return out
 
 
+PARTS = ["partial_cost", "fast_streaming", "listen_throughput", "splits"]  # the report after its time-to-final rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits", help="digits | tiny | full-random | <.nemo path or HF id>")
@@ -501,8 +506,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", nargs="*", default=None, metavar="ROW:SESSIONS",
                         help="only these time-to-final rows, e.g. 'finalize 200 ms:8' 'finalize 200 ms + 2 uploads:8' "
                              "(implies --ttfs-only)")
-    parser.add_argument("--splits-only", action="store_true",
-                        help="only the split rows, added to an existing report of the same name")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=None,
+                        help="only these parts of the report (no time-to-final rows), each replacing its rows in an "
+                             "existing report of the same name")
+    parser.add_argument("--splits-only", action="store_true", help="the same as --only splits")
     args = parser.parse_args(argv)
     import os
     import platform
@@ -537,8 +544,14 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--rows: no such row in {sorted(wanted)}")
         args.ttfs_only = True
     existing = Path(args.out_dir) / f"{args.name}.json"
-    if args.splits_only:  # (a report of that name gets the new split rows; without one, a report of only those)
-        report = json.loads(existing.read_text()) if existing.is_file() else report
+    if args.splits_only:
+        args.only = ["splits"]
+    if args.only:
+        # (a report of that name gets the new rows; without one, a report of only those)
+        if existing.is_file():  # (its command says which run added which rows)
+            command = report["command"]
+            report = json.loads(existing.read_text())
+            report["command"] = f"{report['command']}`, rows added by `{command}"
         plan = []
     try:
         for row, sessions, per, config, finalize_after, uploads in plan:
@@ -550,15 +563,17 @@ def main(argv: list[str] | None = None) -> dict:
                                          uploads, seed=sessions, path=path)}
             report["ttfs"].append(result)
             print(f"ttfs: {result}", flush=True)
-        if args.splits_only:
-            report["splits"] = [splits(served, pause) for pause in (200, 300, 500)]
-        elif not args.before and not args.listen and not args.ttfs_only:
+        parts = args.only or ([] if args.before or args.listen or args.ttfs_only else PARTS)
+        if "partial_cost" in parts:
             # (29 s: a turn of 30 s with its padding would reach vad.max_segment_s and be cut in two)
             report["partial_cost"] = partial_cost(served, [2, 10] if args.quick else [2, 10, 29])
+        if "fast_streaming" in parts:
             report["fast_streaming"] = fast_streaming(served, [1 / 3] if args.quick else args.minutes,
                                                       1 if args.quick else 2)
+        if "listen_throughput" in parts:
             report["listen_throughput"] = listen_throughput(served, 16, 10 if args.quick else 30)
             print(f"listen throughput: {report['listen_throughput']}", flush=True)
+        if "splits" in parts:
             report["splits"] = [splits(served, pause) for pause in ((300,) if args.quick else (200, 300, 500))]
             print(f"splits: {report['splits']}", flush=True)
     finally:

@@ -116,13 +116,14 @@ class StreamSettings(BaseModel):
     partial_interval_ms: int = TurnRules.model_fields["partial_interval_ms"]
     end_of_utterance_ms: int = TurnRules.model_fields["end_of_utterance_ms"]
     partial_context_s: float = Field(
-        1.0, ge=0, le=30, description="a partial of a long turn transcribes from this much audio before its committed "
+        0.5, ge=0, le=30, description="a partial of a long turn transcribes from this much audio before its committed "
                                       "words' end (the model's left context for the words after them). With "
-                                      "partial_settle_s, what a partial of a long turn costs: 1 / 1 makes a 29 s "
-                                      "turn's model time per second 1.6x a 2 s turn's on a CPU, 0.5 / 0.5 1.4x, "
-                                      "but commits words that differ from the final more often")
+                                      "partial_settle_s, what a partial of a long turn costs: 0.5 / 0.75 makes a "
+                                      "29 s turn's model time per second 1.45x a 2 s turn's on a CPU (1 / 1: 1.6x), "
+                                      "and commits a word that differs from the final a little more often (2.5 % "
+                                      "against 2.1 %: docs/live.md)")
     partial_settle_s: float = Field(
-        1.0, ge=0.1, le=10, description="a partial's word is committed (shown from then on, never taken back) once "
+        0.75, ge=0.1, le=10, description="a partial's word is committed (shown from then on, never taken back) once "
                                         "it ended this long before the end of the audio it was heard in (its right "
                                         "context); later partials start from there")
     first_pass: bool = Field(True, description="transcribe the open turn as soon as speech stops, so its final is "
