@@ -13,6 +13,13 @@ Rows (one run, the same served app):
   digit string that was not said boosted instead, the WER and how often the output is that unsaid string.
 Writes bench/results/keyterms-<model>-cpu.json and .md. Nothing here is asserted (tests/unit/test_biasing.py and
 tests/integration/test_keyterms.py hold the recall and isolation).
+
+    python -m bench.keyterms --in-process --model full-random   # the model alone: what boosting adds to a batch
+
+``--in-process`` times the recognizer alone (no Ray, one torch thread): a batch of four 10 s files with 0 / 100 /
+1,000 terms per item (each its own set; the median of 3 rounds, the rows alternating), its milliseconds and each
+ratio to no terms. Boosting's cost is NeMo's per decoding step, the encoder's per second of audio, so the share
+depends on the model's size: the digits model's encoder is tiny. Writes keyterms-in-process-<model>-cpu.json / .md.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.audio import DIGITS, encode, noisy_heldout, synthetic_speech, word_errors
-from bench.run import RESULTS, Served, model_path
+from bench.run import RESULTS, Served, model_path, save_report
 
 CLIENTS = 4
 ROUNDS = 3  # throughput rounds; each row reports its median
@@ -105,11 +112,72 @@ def recall(url: str) -> dict:
             "wer_unsaid_boosted": round(errors["unsaid"] / words, 3), "output_is_the_unsaid_phrase": misled_as_unsaid}
 
 
+def vocabulary_term_set(tokenizer, count: int, seed: int) -> list[str]:
+    """``count`` distinct phrases of 1-3 whole words from the model's own vocabulary (for a model that cannot spell
+    the digit words)."""
+    pieces = tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size)))
+    words = [p[1:] for p in pieces if p.startswith("\u2581") and p[1:].isalpha() and len(p) > 3]
+    rng = random.Random(seed)
+    terms: dict[str, None] = {}
+    while len(terms) < count:
+        terms.setdefault(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))), None)
+    return list(terms)
+
+
+def in_process(model: str, reps: int) -> dict:
+    """A batch of four 10 s files through the recognizer alone, with 0 / 100 / 1,000 terms per item."""
+    import torch
+
+    from deployments.speech.errors import KeytermError
+    from deployments.speech.keyterms import Keyterms
+    from deployments.speech.parakeet import ParakeetRecognizer
+
+    torch.set_num_threads(1)  # (the served Transcriber's default)
+    recognizer = ParakeetRecognizer.load(model_path(model, Path("/tmp/parakeet-bench")), device="cpu")
+    waves = [synthetic_speech(10.0, seed=100 + i).astype(np.float32) for i in range(CLIENTS)]
+    sets: dict[int, list | None] = {0: None}
+    for count in (100, 1000):
+        sets[count] = [Keyterms(tuple(term_set(count, seed=1000 * count + c)), 2.0) for c in range(CLIENTS)]
+        try:
+            recognizer.keyterms.prepare(sets[count][0])
+        except KeytermError:  # (its tokenizer lacks a letter of the digit words)
+            sets[count] = [Keyterms(tuple(vocabulary_term_set(recognizer.model.tokenizer, count, 1000 * count + c)),
+                                    2.0) for c in range(CLIENTS)]
+    for terms in sets.values():  # trees built and the model warm before timing
+        recognizer.transcribe(waves, terms)
+    spent: dict[int, list[float]] = {count: [] for count in sets}
+    for _ in range(ROUNDS):
+        for count, terms in sets.items():
+            started = time.perf_counter()
+            for _ in range(reps):
+                recognizer.transcribe(waves, terms)
+            spent[count].append((time.perf_counter() - started) / reps * 1000)
+    batch = {count: statistics.median(ms) for count, ms in spent.items()}
+    return {f"{count} terms": {"batch_ms": round(ms, 1), "added_ms": round(ms - batch[0], 1),
+                               "ratio_to_no_terms": round(batch[0] / ms, 3), "rounds_ms": [round(v, 1) for v in
+                                                                                          spent[count]]}
+            for count, ms in batch.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="the recognizer alone (see above)")
+    parser.add_argument("--reps", type=int, default=6, help="--in-process: batches timed per row and round")
     args = parser.parse_args(argv)
+    if args.in_process:
+        rows = in_process(args.model, args.reps)
+        name = f"keyterms-in-process-{Path(args.model).stem}-cpu"
+        report = {"command": "python -m bench.keyterms " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "model": args.model, "batch": f"{CLIENTS} files of 10 s", "rows": rows}
+        lines = [f"# Keyterms in process ({args.model} model, one torch thread)", "", f"`{report['command']}`", "",
+                 f"A batch of {CLIENTS} files of 10 s through the recognizer alone (median of {ROUNDS} rounds, rows "
+                 "alternating):", "", "| terms per item | batch ms | added ms | ratio to none |", "|---|---|---|---|"]
+        lines += [f"| {label} | {r['batch_ms']} | {r['added_ms']} | {r['ratio_to_no_terms']} |"
+                  for label, r in rows.items()]
+        save_report(name, report, "\n".join(lines) + "\n")
+        return report
     seconds = 10.0
     count = 12 if args.quick else 32
     files = [encode(synthetic_speech(seconds, seed=100 + i)) for i in range(count)]
