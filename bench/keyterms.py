@@ -42,12 +42,13 @@ CLIENTS = 4
 ROUNDS = 3  # throughput rounds; each row reports its median
 
 
-def term_set(count: int, seed: int) -> list[str]:
-    """``count`` distinct digit strings of 1-4 words (account codes, product numbers)."""
+def term_set(count: int, seed: int, words: list[str] = DIGITS[:10], longest: int = 4) -> list[str]:
+    """``count`` distinct phrases of 1-``longest`` of ``words`` (by default digit strings of 1-4 words: account
+    codes, product numbers)."""
     rng = random.Random(seed)
     terms: dict[str, None] = {}
     while len(terms) < count:
-        terms.setdefault(" ".join(rng.choice(DIGITS[:10]) for _ in range(rng.randint(1, 4))), None)
+        terms.setdefault(" ".join(rng.choice(words) for _ in range(rng.randint(1, longest))), None)
     return list(terms)
 
 
@@ -112,16 +113,11 @@ def recall(url: str) -> dict:
             "wer_unsaid_boosted": round(errors["unsaid"] / words, 3), "output_is_the_unsaid_phrase": misled_as_unsaid}
 
 
-def vocabulary_term_set(tokenizer, count: int, seed: int) -> list[str]:
-    """``count`` distinct phrases of 1-3 whole words from the model's own vocabulary (for a model that cannot spell
-    the digit words)."""
+def vocabulary_words(tokenizer) -> list[str]:
+    """The whole words of 3 letters or more in the model's own vocabulary (terms for a model that cannot spell the
+    digit words)."""
     pieces = tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size)))
-    words = [p[1:] for p in pieces if p.startswith("\u2581") and p[1:].isalpha() and len(p) > 3]
-    rng = random.Random(seed)
-    terms: dict[str, None] = {}
-    while len(terms) < count:
-        terms.setdefault(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))), None)
-    return list(terms)
+    return [p[1:] for p in pieces if p.startswith("\u2581") and p[1:].isalpha() and len(p) > 3]
 
 
 def in_process(model: str, reps: int) -> dict:
@@ -141,8 +137,9 @@ def in_process(model: str, reps: int) -> dict:
         try:
             recognizer.keyterms.prepare(sets[count][0])
         except KeytermError:  # (its tokenizer lacks a letter of the digit words)
-            sets[count] = [Keyterms(tuple(vocabulary_term_set(recognizer.model.tokenizer, count, 1000 * count + c)),
-                                    2.0) for c in range(CLIENTS)]
+            words = vocabulary_words(recognizer.model.tokenizer)
+            sets[count] = [Keyterms(tuple(term_set(count, 1000 * count + c, words, longest=3)), 2.0)
+                           for c in range(CLIENTS)]
     for terms in sets.values():  # trees built and the model warm before timing
         recognizer.transcribe(waves, terms)
     spent: dict[int, list[float]] = {count: [] for count in sets}
