@@ -30,7 +30,7 @@ LIVE = ("final", "draft", "partial")
 
 
 def segments_per_call(priority: str, whole: int, job_segments: int, file_segments: int | str, on_gpu: bool,
-                      live_about: bool, others_about: bool = True) -> int:
+                      live_about: bool, others_about: bool) -> int:
     """The most segments one model call of ``priority`` work holds: ``whole`` (the batch size) but for background
     and bulk work, which more urgent work that comes meanwhile must not wait behind in full. A job's call holds
     ``job_segments`` while other work is about (``others_about``: any but jobs', lately), and the whole batch when
