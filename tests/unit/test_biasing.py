@@ -125,8 +125,11 @@ def test_a_term_sets_tree_is_built_once_and_the_oldest_is_dropped(digits_model, 
 def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_model, noisy, monkeypatch, row_memory):
     """On a CPU each (tree, state) row of the boosting scores is computed by NeMo's own loop once and then
     remembered (biasing.py): all of a tree's rows when it is added, or, for trees too large for that, each row when
-    a decoding first meets it. Either way decoding is NeMo's decoding, token for token, across several term sets in
-    one batch, and after a tree is dropped and its id reused by another set (stale rows would show here)."""
+    a decoding first meets it; a call of one segment gets views of its rows, and the decoding asks the trees alone
+    (no list of fusion models per step). Either way decoding is NeMo's decoding, token for token, across several
+    term sets in one batch, one segment a call, and after a tree is dropped and its id reused by another set (stale
+    rows would show here), and decoding leaves the rows as they were."""
+    import torch
     from nemo.collections.asr.parts.context_biasing.biasing_multi_model import GPUBiasingMultiModel
 
     from deployments.speech import biasing
@@ -138,6 +141,7 @@ def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_mo
     computer = nemos.keyterms.decoding.decoding.decoding_computer
     computer.biasing_multi_model = GPUBiasingMultiModel(vocab_size=computer.biasing_multi_model.vocab_size,
                                                         use_triton=False)
+    del computer.advance_fusion_models  # (NeMo's own, not biasing.py's trees-only shortcut)
     remembered = ours.keyterms.decoding.decoding.decoding_computer.biasing_multi_model
     audios = [a for a, _ in noisy[:6]]
     rng = np.random.default_rng(4)
@@ -148,6 +152,14 @@ def test_the_remembered_tree_rows_decode_token_for_token_as_nemos_loop(digits_mo
         mine, theirs = ours.transcribe(audios, terms), nemos.transcribe(audios, terms)
         assert [(t.token_ids, t.start_frames, t.durations) for t in mine] == \
             [(t.token_ids, t.start_frames, t.durations) for t in theirs]
+        # one segment a call (views of the rows): the same tokens, and the rows as they were before
+        kept = {key: (scores.clone(), states.clone()) for key, (scores, states) in remembered.rows.items()}
+        for audio in audios[:2]:
+            mine, theirs = ours.transcribe([audio], [sets[first]])[0], nemos.transcribe([audio], [sets[first]])[0]
+            assert (mine.token_ids, mine.start_frames, mine.durations) == \
+                (theirs.token_ids, theirs.start_frames, theirs.durations)
+        assert all(torch.equal(remembered.rows[key][0], scores) and torch.equal(remembered.rows[key][1], states)
+                   for key, (scores, states) in kept.items() if key in remembered.rows)
     assert ours.keyterms.trees_built == 4 and remembered.rows, "rows were remembered (and trees reused ids)"
     assert (len(remembered.rows) <= 1024) == (row_memory != "all rows at once")
 
