@@ -86,7 +86,9 @@ class KeytermBiasing:
             computer.biasing_multi_model = _remembering_multi_model_class()(
                 vocab_size=computer.biasing_multi_model.vocab_size, use_triton=self.use_triton,
                 reallocation_callback_fn=computer.reset_cuda_graphs_state)
-            if not computer.fusion_models:  # (always: this decoding fuses nothing but the trees)
+            # (a model whose own decoding config adds fusion models, an n-gram LM or a fixed boosting tree, keeps
+            # NeMo's advance over all of them)
+            if not computer.fusion_models:
                 computer.advance_fusion_models = functools.partial(_advance_trees_only, computer)
         except (AttributeError, NotImplementedError, ValueError) as exc:
             self._unsupported = str(exc) or "its decoder has no per-item biasing (NeMo's label-looping TDT/RNNT)"
